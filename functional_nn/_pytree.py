@@ -1,0 +1,108 @@
+"""Pytree helpers: the one module that touches torch.utils._pytree (a private torch API).
+
+A pytree is a nest of dicts, lists, tuples, NamedTuples and registered attrs classes whose leaves are
+tensors. Everything else in functional_nn goes through the names defined here, so a change in
+torch's private API is mended in one place.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import attrs
+import torch
+import torch.utils._pytree as _pt
+
+PyTree = Any
+
+tree_flatten = _pt.tree_flatten
+tree_unflatten = _pt.tree_unflatten
+tree_leaves = _pt.tree_leaves
+tree_structure = _pt.tree_structure
+
+
+def tree_map(fn: Callable, tree: PyTree, *rest: PyTree) -> PyTree:
+    """Apply `fn` leaf-wise over `tree` and trees of the same structure in `rest`."""
+    return _pt.tree_map(fn, tree, *rest)
+
+
+def zeros_like(tree: PyTree) -> PyTree:
+    """A tree of zeros with the structure, shapes, dtypes and devices of `tree`."""
+    return tree_map(torch.zeros_like, tree)
+
+
+def clone(tree: PyTree) -> PyTree:
+    """A copy of `tree` whose tensors share no memory with it."""
+    return tree_map(torch.clone, tree)
+
+
+def describe(tree: PyTree) -> str:
+    """The structure of `tree` with each tensor written as dtype[shape], for error messages."""
+
+    def leaf(t):
+        if isinstance(t, torch.Tensor):
+            return f"{str(t.dtype).removeprefix('torch.')}{list(t.shape)}"
+        return repr(t)
+
+    return str(tree_unflatten([_Raw(leaf(t)) for t in tree_leaves(tree)], tree_structure(tree)))
+
+
+class _Raw(str):
+    """A string that prints without quotes inside a described tree."""
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
+def assert_same_structure(
+    tree: PyTree, reference: PyTree, name: str = "tree", reference_name: str = "reference"
+) -> None:
+    """Raise ValueError, showing both trees, unless `tree` has the structure and shapes of `reference`.
+
+    Args:
+        tree: the tree to check (e.g. grads).
+        reference: the tree it must match (e.g. params).
+        name, reference_name: how the message calls the two.
+    """
+    leaves, spec = tree_flatten(tree)
+    ref_leaves, ref_spec = tree_flatten(reference)
+    same = spec == ref_spec and all(
+        _shape(a) == _shape(b) for a, b in zip(leaves, ref_leaves)
+    )
+    if not same:
+        raise ValueError(
+            f"{name} does not match the structure of {reference_name}.\n"
+            f"  {name}: {describe(tree)}\n"
+            f"  {reference_name}: {describe(reference)}\n"
+            f"Pass a {name} built from the same {reference_name} (same keys, nesting and shapes)."
+        )
+
+
+def _shape(x: Any) -> tuple | None:
+    return tuple(x.shape) if isinstance(x, torch.Tensor) else None
+
+
+def register_attrs(cls: type) -> type:
+    """Register an attrs class as a pytree node whose children are its fields, in order.
+
+    Use as a decorator below `@attrs.frozen`. The class also becomes loadable with
+    `torch.load(weights_only=True)`, so states built from it can be checkpointed safely.
+    """
+    names = tuple(f.name for f in attrs.fields(cls))
+    _pt.register_pytree_node(
+        cls,
+        lambda obj: ([getattr(obj, n) for n in names], names),
+        lambda children, ctx: cls(**dict(zip(ctx, children))),
+        serialized_type_name=f"{cls.__module__}.{cls.__qualname__}",
+    )
+    torch.serialization.add_safe_globals([cls])
+    return cls
+
+
+def register_namedtuple(cls: type) -> type:
+    """Make a NamedTuple state class loadable with `torch.load(weights_only=True)`.
+
+    NamedTuples are pytree nodes already; this only allows their class in safe checkpoints.
+    """
+    torch.serialization.add_safe_globals([cls])
+    return cls
