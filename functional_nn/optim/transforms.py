@@ -97,7 +97,8 @@ def trace(momentum: float, dampening: float = 0.0, nesterov: bool = False) -> Gr
             buf = _foreach.add(buf, g)  # b_0 = 0, so the first step gives b_1 = g exactly
         else:
             # 1 on the first step, 1 - dampening after: a tensor, so no host sync decides it.
-            keep = torch.where(state.count == 0, 1.0, 1.0 - dampening).to(g[0].dtype)
+            # In float64, then cast, as torch rounds the Python float 1 - dampening.
+            keep = (1.0 - dampening * (state.count > 0).to(torch.float64)).to(g[0].dtype)
             buf = _foreach.add(buf, _foreach.mul(g, keep))
         out = _foreach.add(g, buf, alpha=momentum) if nesterov else buf
         return tree_unflatten(out, spec), TraceState(state.count + 1, tree_unflatten(buf, spec))
