@@ -106,3 +106,16 @@ def register_namedtuple(cls: type) -> type:
     """
     torch.serialization.add_safe_globals([cls])
     return cls
+
+
+def tree_stack(trees: list[PyTree]) -> PyTree:
+    """One tree whose tensors stack the trees' tensors on a new leading axis (K trees -> size K).
+
+    Leaves that are not tensors (None, in a state) are taken from the first tree.
+    """
+    return tree_map(lambda t, *ts: torch.stack([t, *ts]) if isinstance(t, torch.Tensor) else t, *trees)
+
+
+def tree_index(tree: PyTree, i: int) -> PyTree:
+    """The i-th tree of a stacked tree: every tensor indexed at i on its leading axis (views)."""
+    return tree_map(lambda t: t[i] if isinstance(t, torch.Tensor) else t, tree)

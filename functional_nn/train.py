@@ -1,32 +1,53 @@
-"""fit: train a network with an optimizer, purely."""
+"""fit and fit_ensemble: train one network, or K at once with torch.func.vmap, purely.
+
+The work of one step is one pure function, `make_step`'s: gradient, optimizer update, and a finite
+flag, all on the device. The loop around it (`_loop.py`) keeps the losses on the device and syncs
+with the host only every CHECK_EVERY steps and where the caller asked for output; the batches come
+from `data.py`, as a pure function of (seed, step), which is what makes a resumed run bitwise equal
+to an uninterrupted one.
+"""
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
-import attrs
 import torch
 from torch import Tensor
 
-from ._pytree import PyTree
+from . import _checks
+from ._loop import CHECK_EVERY, FitResult, Plan, run
+from ._pytree import PyTree, tree_flatten, tree_index, tree_leaves, tree_stack, tree_unflatten
+from .data import batches, steps_per_epoch
 from .losses import sse
 from .networks import Network
 from .optim.base import GradientTransformation, apply_updates
 
+__all__ = ["CHECK_EVERY", "DEFAULT_STEPS", "FitResult", "fit", "fit_ensemble", "make_step"]
 
-@attrs.frozen
-class FitResult:
-    """What fit returns.
+# The seeds train 500 full-batch steps; fit without steps or epochs does the same.
+DEFAULT_STEPS = 500
 
-    Attributes:
-        params: the trained params (new tensors; the caller's are untouched).
-        opt_state: the optimizer state after the last step; pass it back to fit to go on.
-        losses: (steps,) the loss before each step's update, as the seeds print it; on x's device.
+Model = Network | Callable[[PyTree, Tensor], Tensor]
+Loss = Callable[[Tensor, Tensor], Tensor]
+
+
+def make_step(apply: Callable, loss: Loss, opt: GradientTransformation) -> Callable:
+    """One training step as a pure function, for fit's loop (and for torch.compile or vmap).
+
+    Returns:
+        `step(params, state, xb, yb) -> (params, state, loss, finite)`: the params and state after
+        one update on the batch, the loss before it (0-d), and a 0-d bool that is True when the loss
+        and every gradient are finite. Nothing syncs with the host.
     """
+    value_and_grad = torch.func.grad_and_value(lambda p, xb, yb: loss(apply(p, xb), yb))
 
-    params: PyTree
-    opt_state: PyTree
-    losses: Tensor
+    def step(params, state, xb, yb):
+        grads, value = value_and_grad(params, xb, yb)
+        updates, state = opt.update(grads, state, params)
+        finite = torch.stack([torch.isfinite(g).all() for g in [value, *tree_leaves(grads)]]).all()
+        return apply_updates(params, updates), state, value, finite
+
+    return step
 
 
 def fit(
@@ -35,62 +56,191 @@ def fit(
     y: Tensor,
     opt: GradientTransformation,
     *,
-    model: Network | Callable[[PyTree, Tensor], Tensor],
-    loss: Callable[[Tensor, Tensor], Tensor] = sse,
-    steps: int = 500,
+    model: Model,
+    loss: Loss = sse,
+    steps: int | None = None,
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    shuffle: bool = True,
+    seed: int = 0,
     opt_state: PyTree | None = None,
+    start_step: int = 0,
+    val: tuple[Tensor, Tensor] | None = None,
+    callbacks: Sequence[Callable] = (),
+    log_every: int = 0,
+    eval_every: int | None = None,
+    on_nonfinite: str = "raise",
 ) -> FitResult:
-    """Full-batch gradient descent: `steps` updates of `params` on `loss(model(params, x), y)`.
+    """Train `params` on `loss(model(params, xb), yb)` with `opt`, full batch or in minibatches.
 
-    Gradients come from `torch.func.grad_and_value`; nothing the caller passed is mutated, and the
-    same inputs give bitwise the same result on CPU. The loop does not sync with the host.
+    Pure: nothing the caller passed is mutated, and the same inputs give bitwise the same result
+    on CPU. Every input is checked before any work (see `_checks.py`).
 
     Args:
-        params: a pytree of floating tensors, as made by `model.init`.
-        x: (N, ...) floating inputs.
-        y: (N, ...) targets.
+        params: a pytree of floating tensors with x's dtype and device, as made by `model.init`.
+        x: (N, ...) real floating inputs; y: (N, ...) targets. No NaN or inf.
         opt: a GradientTransformation, e.g. `optim.adam(1e-4)`.
         model: a Network, or any `apply(params, x) -> pred`.
         loss: `loss(pred, y) -> 0-d tensor`.
-        steps: number of updates, >= 1.
+        steps: updates to run in this call, >= 1. Give steps or epochs, not both; with neither,
+            fit runs DEFAULT_STEPS (500) steps, as the seeds do.
+        epochs: passes over the data to run in this call: epochs * ceil(N / batch_size) steps.
+        batch_size: examples per step, 1..N; None for the whole data at every step. Batches are
+            as torch's DataLoader(drop_last=False) makes them (the last one short); see `data.py`.
+        shuffle: a new order every epoch, drawn from `torch.Generator().manual_seed(seed)`.
+        seed: the seed of the data order.
         opt_state: a state from an earlier fit or `opt.init(params)`; a fresh one when None.
+        start_step: the steps already done (an earlier result's `steps`): the data order and the
+            step counts go on from there, so fit(r.params, ..., opt_state=r.opt_state,
+            start_step=r.steps) continues r bitwise.
+        val: (x_val, y_val) to evaluate the loss on every eval_every steps and after the last.
+        callbacks: `callback(step, loss, params) -> bool` called at each evaluation; True stops
+            training (see `callbacks.py`, e.g. EarlyStopping).
+        log_every: print a progress line to stderr every log_every steps; 0 for none.
+        eval_every: steps between evaluations; None for once per epoch (every step full batch).
+        on_nonfinite: when a loss or gradient is NaN or inf: "raise" a FloatingPointError naming
+            the step, "stop" and return the params from before that step, or "ignore" it.
     Returns:
-        A FitResult with the new params and opt_state and the (steps,) losses.
+        A FitResult: params, opt_state, the (n,) losses of this call, steps, validation history,
+        wall time, why it stopped, and the first non-finite step.
     """
-    _check_inputs(params, x, y, model, steps)
+    _checks.check_fit(
+        params, x, y, opt, model=model, loss=loss, steps=steps, epochs=epochs,
+        batch_size=batch_size, shuffle=shuffle, seed=seed, opt_state=opt_state,
+        start_step=start_step, val=val, callbacks=callbacks, log_every=log_every,
+        eval_every=eval_every, on_nonfinite=on_nonfinite,
+    )  # fmt: skip
     apply = model.apply if isinstance(model, Network) else model
     state = opt.init(params) if opt_state is None else opt_state
-    value_and_grad = torch.func.grad_and_value(lambda p: loss(apply(p, x), y))
-    losses = []
-    for _ in range(steps):
-        grads, value = value_and_grad(params)
-        losses.append(value)
-        updates, state = opt.update(grads, state, params)
-        params = apply_updates(params, updates)
-    return FitResult(params=params, opt_state=state, losses=torch.stack(losses))
+    evaluate = None if val is None else (lambda p: loss(apply(p, val[0]), val[1]))
+    plan = _plan(x.shape[0], steps, epochs, batch_size, start_step, val, callbacks, log_every,
+                 eval_every, on_nonfinite)  # fmt: skip
+    data = batches(x, y, batch_size, shuffle, seed, start_step)
+    return run(make_step(apply, loss, opt), evaluate, params, state, data, plan)
 
 
-def _check_inputs(params: PyTree, x: Tensor, y: Tensor, model, steps: int) -> None:
-    """Reject bad input before any work, naming what was given and what was expected."""
-    for name, t in (("x", x), ("y", y)):
-        if not isinstance(t, Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}.")
-    if not x.is_floating_point():
-        raise TypeError(
-            f"x must be a floating tensor, got dtype {x.dtype}; convert it, e.g. x.to(torch.float32)."
-        )
-    if x.ndim == 0 or y.ndim == 0 or x.shape[0] != y.shape[0]:
-        raise ValueError(
-            f"x and y must have the same number of rows (examples), got x of shape "
-            f"{tuple(x.shape)} and y of shape {tuple(y.shape)}."
-        )
-    if isinstance(steps, bool) or not isinstance(steps, int):
-        raise TypeError(f"steps must be an int, got {type(steps).__name__}: {steps!r}.")
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}.")
-    if isinstance(model, Network):
-        model.check(params, x)
-    elif not callable(model):
-        raise TypeError(
-            f"model must be a Network or a callable apply(params, x), got {type(model).__name__}."
-        )
+def _plan(n, steps, epochs, batch_size, start_step, val, callbacks, log_every, eval_every, on_nonfinite) -> Plan:
+    per_epoch = steps_per_epoch(n, batch_size)
+    todo = steps if steps is not None else per_epoch * epochs if epochs is not None else DEFAULT_STEPS
+    evaluates = val is not None or bool(callbacks)
+    return Plan(
+        start=start_step,
+        end=start_step + todo,
+        eval_every=(eval_every or per_epoch) if evaluates else None,
+        log_every=log_every,
+        on_nonfinite=on_nonfinite,
+        callbacks=tuple(callbacks),
+    )
+
+
+def fit_ensemble(
+    params: PyTree | Sequence[PyTree],
+    x: Tensor,
+    y: Tensor,
+    opt: GradientTransformation | Callable[[Tensor], GradientTransformation],
+    *,
+    model: Model,
+    loss: Loss = sse,
+    lrs: Sequence[float] | Tensor | None = None,
+    steps: int | None = None,
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    shuffle: bool = True,
+    seed: int | Sequence[int] = 0,
+    opt_state: PyTree | None = None,
+    start_step: int = 0,
+    val: tuple[Tensor, Tensor] | None = None,
+    log_every: int = 0,
+    eval_every: int | None = None,
+    on_nonfinite: str = "raise",
+) -> FitResult:
+    """Train K models at once with torch.func.vmap: K fits in lockstep, in one loop.
+
+    Model k ends where `fit(params[k], x, y, opt_k, seed=seed[k], ...)` would, to float
+    rounding (batched matrix products may round differently from single ones). The arguments
+    are fit's, with these differences:
+
+    Args:
+        params: a list of K params trees, or one tree whose leaves have a leading axis of K (as
+            this function returns them); model k's params are `tree_index(result.params, k)`.
+        opt: a GradientTransformation shared by all models; or, with lrs, a function that makes
+            one from a learning rate, e.g. `lambda lr: optim.adam(lr)`. It is called inside vmap
+            with a 0-d tensor lr, so it must not branch on lr's value.
+        lrs: K learning rates, one per model, or None.
+        seed: an int (every model sees the same batches) or K ints (model k's data order is
+            fit's with seed[k]); it matters only with shuffled minibatches.
+        opt_state: a stacked state from an earlier fit_ensemble, or None for a fresh one.
+        on_nonfinite: as fit's, for the first model and step with a non-finite loss or gradient;
+            "stop" stops every model there. With "ignore", a diverging model does not disturb
+            the others.
+    Returns:
+        A FitResult with stacked params and opt_state, (n, K) losses and (m, K) val_losses.
+    """
+    stacked, k, lr_values = _checks.check_ensemble(
+        params, x, y, opt, model=model, loss=loss, lrs=lrs, steps=steps, epochs=epochs,
+        batch_size=batch_size, shuffle=shuffle, seed=seed, start_step=start_step, val=val,
+        log_every=log_every, eval_every=eval_every, on_nonfinite=on_nonfinite,
+    )  # fmt: skip
+    make_opt = (lambda i: opt) if lr_values is None else (lambda i: opt(lr_values[i]))
+    init = lambda p: tree_stack([make_opt(i).init(tree_index(p, i)) for i in range(k)])  # noqa: E731
+    if opt_state is not None:
+        _checks.check_opt_state(opt_state, _checks.state_shapes(init, stacked), x.device)
+    state = init(stacked) if opt_state is None else opt_state
+    apply = model.apply if isinstance(model, Network) else model
+    per_model_data = not isinstance(seed, int) and shuffle and batch_size is not None
+    step = _vmapped_step(apply, loss, opt, lr_values, stacked, state, per_model_data)
+    evaluate = None if val is None else _vmapped_eval(apply, loss, stacked, val)
+    plan = _plan(x.shape[0], steps, epochs, batch_size, start_step, val, (), log_every,
+                 eval_every, on_nonfinite)  # fmt: skip
+    data = batches(x, y, batch_size, shuffle, list(seed) if per_model_data else _one_seed(seed), start_step)
+    return run(step, evaluate, stacked, state, data, plan)
+
+
+def _one_seed(seed: int | Sequence[int]) -> int:
+    return seed if isinstance(seed, int) else seed[0]
+
+
+def _vmapped_step(apply, loss, opt, lrs, params, state, per_model_data: bool) -> Callable:
+    """make_step over K models: vmapped over params, state, lrs and (per_model_data) batches.
+
+    vmap sees lists of tensors, as it takes and returns nothing else and a state may hold None.
+    """
+    p_flat, s_flat = _Flat(params), _Flat(state)
+
+    def one(p, s, xb, yb, lr):
+        step = make_step(apply, loss, opt if lr is None else opt(lr))
+        p, s, value, finite = step(p_flat.tree(p), s_flat.tree(s), xb, yb)
+        return p_flat.tensors(p), s_flat.tensors(s), value, finite
+
+    data_dim = 0 if per_model_data else None
+    batched = torch.func.vmap(one, in_dims=(0, 0, data_dim, data_dim, None if lrs is None else 0))
+
+    def step(params, state, xb, yb):
+        p, s, value, finite = batched(p_flat.tensors(params), s_flat.tensors(state), xb, yb, lrs)
+        return p_flat.tree(p), s_flat.tree(s), value, finite
+
+    return step
+
+
+def _vmapped_eval(apply, loss, params, val) -> Callable[[PyTree], Tensor]:
+    flat = _Flat(params)
+    one = lambda p: loss(apply(flat.tree(p), val[0]), val[1])  # noqa: E731
+    return lambda params: torch.func.vmap(one)(flat.tensors(params))
+
+
+class _Flat:
+    """A tree as its list of tensors and back; its other leaves (None) are kept from `like`."""
+
+    def __init__(self, like: PyTree):
+        self.leaves, self.spec = tree_flatten(like)
+        self.slots = [i for i, leaf in enumerate(self.leaves) if isinstance(leaf, Tensor)]
+
+    def tensors(self, tree: PyTree) -> list[Tensor]:
+        leaves = tree_leaves(tree)
+        return [leaves[i] for i in self.slots]
+
+    def tree(self, tensors: list[Tensor]) -> PyTree:
+        leaves = list(self.leaves)
+        for i, t in zip(self.slots, tensors):
+            leaves[i] = t
+        return tree_unflatten(leaves, self.spec)

@@ -5,11 +5,17 @@ Hyper-parameters are validated when the optimizer is built, as torch.optim does.
 
 from __future__ import annotations
 
+from torch import Tensor
+
 from .base import GradientTransformation, chain
 from .transforms import add_decayed_weights, scale, scale_by_adam, scale_by_learning_rate, trace
 
 
 def _check_non_negative(name: str, value: float, what: str) -> None:
+    if isinstance(value, Tensor):
+        # A tensor lr may be batched under vmap (fit_ensemble's per-model lrs), where a check would
+        # branch on its value; whoever made the tensor checks it (fit_ensemble does, eagerly).
+        return
     if not value >= 0.0:  # also rejects NaN
         raise ValueError(f"Invalid {what}: {value} ({name} must be >= 0).")
 

@@ -1,0 +1,267 @@
+"""Input validation for fit and fit_ensemble: every check in one place, run before any work.
+
+Each message names the argument, what was given, what was expected and how to fix it. ValueError for
+bad values and shapes, TypeError for wrong types.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+
+from ._pytree import (
+    PyTree,
+    assert_same_structure,
+    describe,
+    tree_index,
+    tree_leaves,
+    tree_map,
+    tree_stack,
+    tree_structure,
+)
+from .networks import Network
+from .optim.base import GradientTransformation
+
+ON_NONFINITE = ("raise", "stop", "ignore")
+
+
+def check_int(name: str, value: Any, minimum: int, allow_none: bool = False) -> None:
+    """Raise unless value is an int >= minimum (or None when allowed)."""
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}: {value!r}.")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}.")
+
+
+def check_data(x: Any, y: Any, x_name: str = "x", y_name: str = "y") -> None:
+    """x real floating, y a tensor, one example per row in both, no NaN or inf (one host sync)."""
+    for name, t in ((x_name, x), (y_name, y)):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}.")
+    if not x.is_floating_point():
+        raise TypeError(
+            f"{x_name} must be a real floating tensor, got dtype {x.dtype}; convert it, "
+            f"e.g. {x_name}.to(torch.float32) (for complex data, split real and imaginary parts)."
+        )
+    if x.ndim == 0 or y.ndim == 0 or x.shape[0] != y.shape[0]:
+        raise ValueError(
+            f"{x_name} and {y_name} must have the same number of rows (one example per row), got "
+            f"{x_name} of shape {tuple(x.shape)} and {y_name} of shape {tuple(y.shape)}."
+        )
+    if x.shape[0] == 0:
+        raise ValueError(f"{x_name} and {y_name} hold no examples (0 rows); pass at least one.")
+    if x.device != y.device:
+        raise ValueError(
+            f"{x_name} is on {x.device} but {y_name} is on {y.device}; move both to one device."
+        )
+    for name, t in ((x_name, x), (y_name, y)):
+        if (t.is_floating_point() or t.is_complex()) and not bool(torch.isfinite(t).all()):
+            bad = ~torch.isfinite(t).reshape(t.shape[0], -1)
+            row = int(bad.any(1).nonzero()[0])
+            raise ValueError(
+                f"{name} contains {int(bad.sum())} NaN or inf values (the first in row {row}); "
+                "remove or impute them before training."
+            )
+
+
+def check_params(params: PyTree, x: Tensor, model: Any) -> None:
+    """params floating tensors with x's dtype and device, and (for a Network) fitting x."""
+    if not (isinstance(model, Network) or callable(model)):
+        raise TypeError(
+            f"model must be a Network or a callable apply(params, x), got {type(model).__name__}."
+        )
+    leaves = tree_leaves(params)
+    if not leaves or not all(isinstance(t, Tensor) and t.is_floating_point() for t in leaves):
+        raise TypeError(
+            f"params must be a non-empty pytree of floating tensors, got {describe(params)}; "
+            "use the params made by model.init."
+        )
+    devices = {t.device for t in leaves}
+    if devices != {x.device}:
+        raise ValueError(
+            f"x is on {x.device} but params are on {sorted(map(str, devices))}; move both to "
+            "one device, e.g. x.to(device) and model.init(seed, device=device)."
+        )
+    dtypes = {t.dtype for t in leaves}
+    if dtypes != {x.dtype}:
+        raise TypeError(
+            f"x has dtype {x.dtype} but params have {sorted(map(str, dtypes))}: {describe(params)}; "
+            f"give both one dtype, e.g. x.to({sorted(map(str, dtypes))[0]}) or "
+            f"model.init(seed, dtype={x.dtype})."
+        )
+    if isinstance(model, Network):
+        model.check(params, x)
+
+
+def check_length(
+    n: int, steps: Any, epochs: Any, batch_size: Any, start_step: Any, log_every: Any, eval_every: Any
+) -> None:
+    """The counts that say how long to train and how often to report."""
+    if steps is not None and epochs is not None:
+        raise ValueError(
+            f"give steps or epochs, not both (got steps={steps!r}, epochs={epochs!r})."
+        )
+    check_int("steps", steps, 1, allow_none=True)
+    check_int("epochs", epochs, 1, allow_none=True)
+    check_int("batch_size", batch_size, 1, allow_none=True)
+    if batch_size is not None and batch_size > n:
+        raise ValueError(
+            f"batch_size is {batch_size} but the data has only {n} examples; use a batch_size "
+            f"<= {n}, or batch_size=None for full batch."
+        )
+    check_int("start_step", start_step, 0)
+    check_int("log_every", log_every, 0)
+    check_int("eval_every", eval_every, 1, allow_none=True)
+
+
+def check_options(loss: Any, shuffle: Any, callbacks: Any, on_nonfinite: Any) -> None:
+    """The loss, flags and hooks."""
+    if not callable(loss):
+        raise TypeError(f"loss must be a callable loss(pred, y) -> 0-d tensor, got {loss!r}.")
+    if not isinstance(shuffle, bool):
+        raise TypeError(f"shuffle must be a bool, got {type(shuffle).__name__}: {shuffle!r}.")
+    if not isinstance(callbacks, (list, tuple)) or not all(callable(c) for c in callbacks):
+        raise TypeError(
+            "callbacks must be a list or tuple of callables callback(step, loss, params), "
+            f"got {callbacks!r}."
+        )
+    if on_nonfinite not in ON_NONFINITE:
+        raise ValueError(f"on_nonfinite must be one of {ON_NONFINITE}, got {on_nonfinite!r}.")
+
+
+def check_opt(opt: Any) -> None:
+    if not isinstance(opt, GradientTransformation):
+        raise TypeError(
+            f"opt must be a GradientTransformation, e.g. optim.adam(1e-3), got {type(opt).__name__}."
+        )
+
+
+def check_seed(name: str, seed: Any) -> None:
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"{name} must be an int, got {type(seed).__name__}: {seed!r}.")
+
+
+def check_opt_state(opt_state: PyTree, expected: PyTree, device: torch.device) -> None:
+    """opt_state has the structure and shapes of `expected` (the state opt.init would make here)."""
+    assert_same_structure(opt_state, expected, "opt_state", "opt.init(params)")
+    wrong = {str(t.device) for t in tree_leaves(opt_state) if isinstance(t, Tensor)} - {str(device)}
+    if wrong:
+        raise ValueError(
+            f"opt_state holds tensors on {sorted(wrong)} but params are on {device}; "
+            "move it with a tree_map(lambda t: t.to(device), opt_state)."
+        )
+
+
+def state_shapes(init: Callable[[PyTree], PyTree], params: PyTree) -> PyTree:
+    """The state `init(params)` would make, built on the meta device so nothing is allocated."""
+    return init(tree_map(lambda t: torch.empty_like(t, device="meta"), params))
+
+
+def check_fit(params, x, y, opt, *, model, loss, steps, epochs, batch_size, shuffle, seed,
+              opt_state, start_step, val, callbacks, log_every, eval_every, on_nonfinite) -> None:
+    """All of fit's checks, in the order a reader would fix them."""
+    check_data(x, y)
+    check_params(params, x, model)
+    check_opt(opt)
+    check_length(x.shape[0], steps, epochs, batch_size, start_step, log_every, eval_every)
+    check_seed("seed", seed)
+    check_options(loss, shuffle, callbacks, on_nonfinite)
+    check_val(val, params, x, model)
+    if opt_state is not None:
+        check_opt_state(opt_state, state_shapes(opt.init, params), x.device)
+
+
+def check_ensemble(params, x, y, opt, *, model, loss, lrs, steps, epochs, batch_size, shuffle,
+                   seed, start_step, val, log_every, eval_every, on_nonfinite) -> tuple[PyTree, int, Tensor | None]:
+    """All of fit_ensemble's checks but opt_state's (see check_opt_state).
+
+    Returns:
+        (stacked params, K, lrs as a (K,) float64 tensor on x's device or None); the stacked
+        params are the caller's tree when it was stacked already, else a new one.
+    """
+    check_data(x, y)
+    stacked, k = as_stacked(params, model, x)
+    first = tree_index(stacked, 0)
+    check_params(first, x, model)
+    lrs = check_lrs(opt, lrs, k, x.device)
+    check_length(x.shape[0], steps, epochs, batch_size, start_step, log_every, eval_every)
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        if not isinstance(seed, (list, tuple)) or len(seed) != k:
+            raise TypeError(f"seed must be an int or a list of {k} ints (one per model), got {seed!r}.")
+        for i, s in enumerate(seed):
+            check_seed(f"seed[{i}]", s)
+    check_options(loss, shuffle, (), on_nonfinite)
+    check_val(val, first, x, model)
+    return stacked, k, lrs
+
+
+def as_stacked(params: PyTree, model: Any, x: Tensor) -> tuple[PyTree, int]:
+    """K models as one stacked tree, from a list of K params trees or a stacked tree.
+
+    A list or tuple is read as K models when its items share one tree structure and shapes and,
+    for a Network, the first item fits the network (model.check); otherwise as a stacked tree,
+    whose every leaf must have the same leading size K.
+    """
+    if _is_model_list(params, model, x):
+        for i, p in enumerate(params):
+            assert_same_structure(p, params[0], f"params[{i}]", "params[0]")
+        return tree_stack(list(params)), len(params)
+    sizes = {t.shape[0] if isinstance(t, Tensor) and t.ndim else None for t in tree_leaves(params)}
+    if len(sizes) != 1 or None in sizes:
+        raise ValueError(
+            "params must be a list of K params trees, or one tree whose every leaf has a leading "
+            f"axis of K models; got {describe(params)}."
+        )
+    return params, sizes.pop()
+
+
+def _is_model_list(params: PyTree, model: Any, x: Tensor) -> bool:
+    if not isinstance(params, (list, tuple)) or not params or isinstance(params[0], Tensor):
+        return False
+    if any(tree_structure(p) != tree_structure(params[0]) for p in params):
+        return False
+    if isinstance(model, Network):
+        try:
+            model.check(params[0], x)
+        except (ValueError, TypeError, AttributeError, KeyError):
+            return False
+    return True
+
+
+def check_lrs(opt: Any, lrs: Any, k: int, device: torch.device) -> Tensor | None:
+    """opt a GradientTransformation without lrs, a function lr -> GradientTransformation with."""
+    if lrs is None:
+        check_opt(opt)
+        return None
+    if isinstance(opt, GradientTransformation) or not callable(opt):
+        raise TypeError(
+            "with lrs, opt must be a function of the learning rate, e.g. "
+            f"lambda lr: optim.adam(lr), got {type(opt).__name__}."
+        )
+    values = lrs.tolist() if isinstance(lrs, Tensor) else lrs
+    if not isinstance(values, (list, tuple)) or len(values) != k:
+        raise ValueError(f"lrs must hold one learning rate per model ({k}), got {lrs!r}.")
+    for i, lr in enumerate(values):
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0.0 <= lr < math.inf:
+            raise ValueError(f"lrs[{i}] must be a finite number >= 0, got {lr!r}.")
+    return torch.tensor(values, dtype=torch.float64, device=device)
+
+
+def check_val(val: Any, params: PyTree, x: Tensor, model: Any) -> None:
+    """val is None or (x_val, y_val) that fits like (x, y)."""
+    if val is None:
+        return
+    if not isinstance(val, (tuple, list)) or len(val) != 2:
+        raise TypeError(f"val must be a pair (x_val, y_val) of tensors, got {type(val).__name__}.")
+    check_data(val[0], val[1], "val[0] (x_val)", "val[1] (y_val)")
+    if val[0].device != x.device:
+        raise ValueError(f"val[0] (x_val) is on {val[0].device} but x is on {x.device}; move it there.")
+    if val[0].dtype != x.dtype:
+        raise TypeError(f"val[0] (x_val) has dtype {val[0].dtype} but x has {x.dtype}; convert it.")
+    if isinstance(model, Network):
+        model.check(params, val[0])

@@ -1,0 +1,77 @@
+"""The minibatches fit trains on, as a pure function of (seed, epoch).
+
+Convention: an epoch is one pass over the N examples in `ceil(N / batch_size)` batches, the last one
+short when batch_size does not divide N (torch's DataLoader with drop_last=False). With shuffling,
+epoch e visits the examples in the order of the (e+1)-th `torch.randperm(N)` drawn from
+`torch.Generator().manual_seed(seed)`, drawn on the CPU so the order does not depend on the device.
+Step t (counted from 0 over the whole training run) takes batch `t % steps_per_epoch` of epoch
+`t // steps_per_epoch`, so a run resumed at step t sees the same batches as one never interrupted.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Iterator, Sequence
+
+import torch
+from torch import Tensor
+
+
+def steps_per_epoch(n: int, batch_size: int | None) -> int:
+    """The number of batches in one pass over n examples; 1 for full batch (batch_size None)."""
+    return 1 if batch_size is None else -(-n // batch_size)
+
+
+def batches(
+    x: Tensor,
+    y: Tensor,
+    batch_size: int | None,
+    shuffle: bool,
+    seed: int | Sequence[int],
+    start_step: int = 0,
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """The (x, y) batches of steps start_step, start_step + 1, ..., without end.
+
+    Args:
+        x: (N, ...); y: (N, ...).
+        batch_size: examples per batch; None for the whole data at every step.
+        shuffle: draw a new order each epoch; else batches are consecutive rows, as in x.
+        seed: an int, or one int per model of an ensemble; each model's batches are then those
+            of its own seed, stacked on a new leading axis.
+        start_step: the step the first batch is for.
+    Yields:
+        (xb, yb): (B, ...) each, or (K, B, ...) for K seeds; B = batch_size except in an epoch's
+        last batch. Views of one gathered copy per epoch, so a step costs no gather.
+    """
+    seeds = [seed] if isinstance(seed, int) else list(seed)
+    stacked = not isinstance(seed, int)
+    if batch_size is None:
+        both = (x.expand(len(seeds), *x.shape), y.expand(len(seeds), *y.shape)) if stacked else (x, y)
+        yield from itertools.repeat(both)
+        return
+    n = x.shape[0]
+    per_epoch = steps_per_epoch(n, batch_size)
+    epoch, first = divmod(start_step, per_epoch)
+    generators = [torch.Generator().manual_seed(s) for s in seeds]
+    for g in generators:
+        for _ in range(epoch):  # replay the draws of the epochs before start_step
+            torch.randperm(n, generator=g)
+    dim = 1 if stacked else 0
+    while True:
+        xs, ys = _epoch_data(x, y, generators, shuffle, stacked)
+        for i in range(first, per_epoch):
+            size = min(batch_size, n - i * batch_size)
+            yield xs.narrow(dim, i * batch_size, size), ys.narrow(dim, i * batch_size, size)
+        first = 0
+
+
+def _epoch_data(
+    x: Tensor, y: Tensor, generators: list[torch.Generator], shuffle: bool, stacked: bool
+) -> tuple[Tensor, Tensor]:
+    """x and y in this epoch's order: (N, ...), or (K, N, ...) with one order per generator."""
+    n = x.shape[0]
+    if not shuffle:
+        return (x.expand(len(generators), *x.shape), y.expand(len(generators), *y.shape)) if stacked else (x, y)
+    order = torch.stack([torch.randperm(n, generator=g) for g in generators]).to(x.device)
+    order = order if stacked else order[0]
+    return x[order], y[order]
