@@ -1,0 +1,109 @@
+"""on_nonfinite: a NaN or inf loss or gradient raises, stops or is ignored, found at the exact step
+although fit only looks every CHECK_EVERY steps."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import functional_nn as fnn
+from functional_nn import optim
+from functional_nn._pytree import tree_leaves
+from functional_nn.train import CHECK_EVERY
+from tests.helpers import assert_trees_close
+
+NET = fnn.mlp([2, 3, 1])
+
+
+def diverging_problem():
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(16, 2, generator=g, dtype=torch.float64), torch.randn(16, 1, generator=g, dtype=torch.float64)
+    return NET.init(0, dtype=torch.float64), x, y
+
+
+def first_nonfinite_step_by_autograd(params, x, y, lr, steps):
+    """An independent look: plain SGD with autograd, checking the loss and gradients every step."""
+    leaves = [t.clone().requires_grad_(True) for t in tree_leaves(params)]
+    shaped = [{"weight": leaves[0], "bias": leaves[1]}, {"weight": leaves[2], "bias": leaves[3]}]
+    for t in range(steps):
+        loss = fnn.sse(NET.apply(shaped, x), y)
+        grads = torch.autograd.grad(loss, leaves)
+        if not all(bool(torch.isfinite(v).all()) for v in (loss, *grads)):
+            return t
+        with torch.no_grad():
+            for p, g in zip(leaves, grads):
+                p -= lr * g
+    return None
+
+
+LR = 0.2  # far beyond what sse on 16 examples tolerates: the loss overflows float64 in a few steps
+
+
+def test_a_huge_learning_rate_raises_naming_the_first_bad_step():
+    params, x, y = diverging_problem()
+    bad = first_nonfinite_step_by_autograd(params, x, y, LR, 50)
+    assert bad is not None and 0 < bad < 50
+    with pytest.raises(FloatingPointError, match=rf"diverged at step {bad}: the loss is (inf|nan)\. Lower the learning rate"):
+        fnn.fit(params, x, y, optim.sgd(LR), model=NET, steps=50)
+
+
+def test_stop_returns_the_last_finite_params_and_ignore_goes_on():
+    params, x, y = diverging_problem()
+    bad = first_nonfinite_step_by_autograd(params, x, y, LR, 50)
+    stopped = fnn.fit(params, x, y, optim.sgd(LR), model=NET, steps=50, on_nonfinite="stop")
+    assert (stopped.stop_reason, stopped.nonfinite_step, stopped.steps) == ("nonfinite", bad, bad)
+    assert stopped.losses.shape == (bad,) and bool(torch.isfinite(stopped.losses).all())
+    assert all(bool(torch.isfinite(t).all()) for t in tree_leaves(stopped.params))
+    before_bad = fnn.fit(params, x, y, optim.sgd(LR), model=NET, steps=bad)
+    assert_trees_close((stopped.params, stopped.opt_state), (before_bad.params, before_bad.opt_state), 0.0)
+    ignored = fnn.fit(params, x, y, optim.sgd(LR), model=NET, steps=50, on_nonfinite="ignore")
+    assert (ignored.stop_reason, ignored.nonfinite_step, ignored.steps) == ("done", bad, 50)
+    assert not bool(torch.isfinite(ignored.losses[bad]))
+    assert_trees_close(ignored.losses[:bad], stopped.losses, 0.0)
+
+
+def test_finite_training_is_the_same_in_every_mode():
+    params, x, y = diverging_problem()
+    results = [fnn.fit(params, x, y, optim.sgd(1e-3), model=NET, steps=30, on_nonfinite=mode)
+               for mode in ("raise", "stop", "ignore")]  # fmt: skip
+    for r in results:
+        assert (r.stop_reason, r.nonfinite_step, r.steps) == ("done", None, 30)
+        assert_trees_close((r.params, r.losses), (results[0].params, results[0].losses), 0.0)
+
+
+def poisoned(kind: str):
+    """sse on y[:, :1], plus a term that is non-finite exactly on batches holding a row whose
+    marker y[:, 1] is 1: in the loss value ("loss"), or only in the gradient ("grad":
+    sqrt(0 * pred + 0) is 0, but its derivative is 0 * inf = nan)."""
+
+    def loss(pred, y):
+        marker = y[:, 1:]
+        if kind == "loss":
+            return fnn.sse(pred, y[:, :1]) + (torch.log1p(-marker) * 0.0).sum()
+        return fnn.sse(pred, y[:, :1]) + torch.sqrt(pred * 0.0 + (1.0 - marker)).sum()
+
+    return loss
+
+
+@pytest.mark.parametrize("row", [0, CHECK_EVERY - 1, CHECK_EVERY, CHECK_EVERY + 37])
+@pytest.mark.parametrize("kind", ["loss", "grad"])
+def test_the_first_bad_step_is_exact_wherever_it_falls_in_a_check(kind, row):
+    # One example per step, in order: step t sees row t, so row `row` poisons step `row` exactly.
+    n = CHECK_EVERY + 40
+    g = torch.Generator().manual_seed(1)
+    net = fnn.mlp([1, 1])
+    x = torch.randn(n, 1, generator=g, dtype=torch.float64)
+    y = torch.cat([torch.randn(n, 1, generator=g, dtype=torch.float64), torch.zeros(n, 1, dtype=torch.float64)], 1)
+    y[row, 1] = 1.0
+    params = net.init(0, dtype=torch.float64)
+    kwargs = dict(model=net, loss=poisoned(kind), batch_size=1, shuffle=False, steps=row + 3)
+    what = "the loss is nan" if kind == "loss" else "the gradients are not all finite"
+    with pytest.raises(FloatingPointError, match=rf"step {row}: .*{what}"):
+        fnn.fit(params, x, y, optim.sgd(1e-3), **kwargs)
+    stopped = fnn.fit(params, x, y, optim.sgd(1e-3), on_nonfinite="stop", **kwargs)
+    assert (stopped.steps, stopped.nonfinite_step, stopped.losses.shape) == (row, row, (row,))
+    if row:
+        clean = fnn.fit(params, x, y, optim.sgd(1e-3), **{**kwargs, "steps": row})
+        assert_trees_close(stopped.params, clean.params, 0.0)
+    ignored = fnn.fit(params, x, y, optim.sgd(1e-3), on_nonfinite="ignore", **kwargs)
+    assert (ignored.steps, ignored.nonfinite_step) == (row + 3, row)
