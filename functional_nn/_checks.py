@@ -73,7 +73,7 @@ def check_params(params: PyTree, x: Tensor, model: Any) -> None:
     """params floating tensors with x's dtype and device, and (for a Network) fitting x."""
     if not (isinstance(model, Network) or callable(model)):
         raise TypeError(
-            f"model must be a Network or a callable apply(params, x), got {type(model).__name__}."
+            f"model must be a Network or a callable apply(params, x), got {_given(model)}."
         )
     leaves = tree_leaves(params)
     if not leaves or not all(isinstance(t, Tensor) and t.is_floating_point() for t in leaves):
@@ -137,7 +137,7 @@ def check_options(loss: Any, shuffle: Any, callbacks: Any, on_nonfinite: Any) ->
 def check_opt(opt: Any) -> None:
     if not isinstance(opt, GradientTransformation):
         raise TypeError(
-            f"opt must be a GradientTransformation, e.g. optim.adam(1e-3), got {type(opt).__name__}."
+            f"opt must be a GradientTransformation, e.g. optim.adam(1e-3), got {_given(opt)}."
         )
 
 
@@ -241,7 +241,7 @@ def check_lrs(opt: Any, lrs: Any, k: int, device: torch.device) -> Tensor | None
     if isinstance(opt, GradientTransformation) or not callable(opt):
         raise TypeError(
             "with lrs, opt must be a function of the learning rate, e.g. "
-            f"lambda lr: optim.adam(lr), got {type(opt).__name__}."
+            f"lambda lr: optim.adam(lr), got {_given(opt)}."
         )
     values = lrs.tolist() if isinstance(lrs, Tensor) else lrs
     if not isinstance(values, (list, tuple)) or len(values) != k:
@@ -265,3 +265,9 @@ def check_val(val: Any, params: PyTree, x: Tensor, model: Any) -> None:
         raise TypeError(f"val[0] (x_val) has dtype {val[0].dtype} but x has {x.dtype}; convert it.")
     if isinstance(model, Network):
         model.check(params, val[0])
+
+
+def _given(value: Any) -> str:
+    """A value for a message: its type and a short repr."""
+    text = repr(value)
+    return f"{type(value).__name__} {text[:77] + '...' if len(text) > 80 else text}"

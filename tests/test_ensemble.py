@@ -1,0 +1,136 @@
+"""fit_ensemble: K models trained at once with vmap equal K separate fits."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import functional_nn as fnn
+from functional_nn import optim
+from functional_nn._pytree import tree_index, tree_leaves, tree_map, tree_stack
+from tests.helpers import assert_trees_close
+
+N, D_IN, H, D_OUT, K = 20, 5, 8, 3, 8
+NET = fnn.mlp([D_IN, H, D_OUT])
+# Batched matrix products may round differently from single ones, so model k agrees with its own
+# fit to rounding, not always bitwise (measured on CPU: 0 full batch, 2e-16 and 8e-8 with
+# minibatches); the margin is for other devices' batched kernels.
+RTOL = {torch.float64: 1e-12, torch.float32: 1e-5}
+LRS = [1e-4 * 1.5**k for k in range(K)]  # 1e-4 .. 1.7e-3
+
+# (id, ensemble kwargs, the kwargs of model k's separate fit): shared or per-model lr and data order.
+CONFIGS = [
+    ("sgd-full-batch", dict(opt=optim.sgd(1e-3, momentum=0.9), steps=12),
+     lambda k: dict(opt=optim.sgd(1e-3, momentum=0.9), steps=12)),
+    ("adam-lrs", dict(opt=lambda lr: optim.adam(lr), lrs=LRS, steps=12),
+     lambda k: dict(opt=optim.adam(LRS[k]), steps=12)),
+    ("sgd-lrs-seeds-minibatch", dict(opt=lambda lr: optim.sgd(lr, momentum=0.5), lrs=LRS, epochs=3,
+                                     batch_size=6, seed=list(range(10, 10 + K))),
+     lambda k: dict(opt=optim.sgd(LRS[k], momentum=0.5), epochs=3, batch_size=6, seed=10 + k)),
+    ("adam-shared-order-minibatch", dict(opt=optim.adam(1e-2), epochs=2, batch_size=7, seed=3),
+     lambda k: dict(opt=optim.adam(1e-2), epochs=2, batch_size=7, seed=3)),
+]  # fmt: skip
+
+
+def problem(device="cpu", dtype=torch.float64, n=N, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, D_IN, generator=g, dtype=dtype).to(device)
+    y = torch.randn(n, D_OUT, generator=g, dtype=dtype).to(device)
+    return [NET.init(100 + k, dtype=dtype, device=device) for k in range(K)], x, y
+
+
+def tensors(state):
+    """The tensors of a state, as a list: step counts and moments alike."""
+    return [t for t in tree_leaves(state) if isinstance(t, torch.Tensor)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("name, ensemble_kwargs, single_kwargs", CONFIGS, ids=[c[0] for c in CONFIGS])
+def test_an_ensemble_of_8_equals_8_fits(name, ensemble_kwargs, single_kwargs, dtype, device):
+    models, x, y = problem(device, dtype)
+    _, xv, yv = problem(device, dtype, n=9, seed=1)
+    kw = dict(ensemble_kwargs)
+    result = fnn.fit_ensemble(models, x, y, kw.pop("opt"), model=NET, val=(xv, yv), **kw)
+    for k in range(K):
+        single_kw = single_kwargs(k)
+        single = fnn.fit(models[k], x, y, single_kw.pop("opt"), model=NET, val=(xv, yv), **single_kw)
+        assert result.steps == single.steps and result.val_steps == single.val_steps
+        assert_trees_close(result.losses[:, k], single.losses, RTOL[dtype], f"model {k} losses")
+        assert_trees_close(result.val_losses[:, k], single.val_losses, RTOL[dtype], f"model {k} val losses")
+        assert_trees_close(tree_index(result.params, k), single.params, RTOL[dtype], f"model {k} params")
+        assert_trees_close(tensors(tree_index(result.opt_state, k)), tensors(single.opt_state),
+                           RTOL[dtype], f"model {k} opt_state")  # fmt: skip
+
+
+def test_a_list_and_a_stacked_tree_train_the_same_and_stay_untouched():
+    models, x, y = problem()
+    stacked = tree_stack(models)
+    before = tree_map(torch.clone, (models, stacked))
+    a = fnn.fit_ensemble(models, x, y, optim.adam(1e-2), model=NET, steps=4, batch_size=6, seed=[1] * K)
+    b = fnn.fit_ensemble(stacked, x, y, optim.adam(1e-2), model=NET, steps=4, batch_size=6, seed=[1] * K)
+    assert_trees_close((a.params, a.losses), (b.params, b.losses), 0.0)
+    assert_trees_close((models, stacked), before, 0.0, "inputs after fit_ensemble")
+
+
+def test_an_ensemble_resumes_bitwise():
+    models, x, y = problem()
+    opt, kw = (lambda lr: optim.sgd(lr, momentum=0.9)), dict(model=NET, lrs=LRS, batch_size=6, seed=list(range(K)))
+    whole = fnn.fit_ensemble(models, x, y, opt, steps=10, **kw)
+    first = fnn.fit_ensemble(models, x, y, opt, steps=6, **kw)
+    rest = fnn.fit_ensemble(first.params, x, y, opt, steps=4, opt_state=first.opt_state, start_step=first.steps, **kw)
+    assert rest.steps == 10
+    assert_trees_close((rest.params, rest.opt_state), (whole.params, whole.opt_state), 0.0)
+    assert_trees_close(torch.cat([first.losses, rest.losses]), whole.losses, 0.0)
+
+
+def test_a_diverging_model_leaves_the_others_alone():
+    models, x, y = problem()
+    lrs = [1e-4] * K
+    lrs[5] = 10.0  # diverges: sse on 20 examples with lr 10
+    opt, kw = (lambda lr: optim.sgd(lr)), dict(model=NET, lrs=lrs, steps=15)
+    bad = fnn.fit(models[5], x, y, optim.sgd(10.0), model=NET, steps=15, on_nonfinite="stop").nonfinite_step
+    assert bad is not None
+    with pytest.raises(FloatingPointError, match=rf"step {bad} in model 5 of the ensemble"):
+        fnn.fit_ensemble(models, x, y, opt, **kw)
+    stopped = fnn.fit_ensemble(models, x, y, opt, on_nonfinite="stop", **kw)
+    assert (stopped.steps, stopped.nonfinite_step, stopped.stop_reason) == (bad, bad, "nonfinite")
+    ignored = fnn.fit_ensemble(models, x, y, opt, on_nonfinite="ignore", **kw)
+    assert (ignored.steps, ignored.nonfinite_step) == (15, bad)
+    assert not bool(torch.isfinite(ignored.losses[:, 5]).all())
+    for k in (0, 4, 6, 7):
+        single = fnn.fit(models[k], x, y, optim.sgd(1e-4), model=NET, steps=15)
+        assert_trees_close(tree_index(ignored.params, k), single.params, RTOL[torch.float64], f"model {k}")
+
+
+BAD = [
+    ("lrs-length", dict(opt=lambda lr: optim.sgd(lr), lrs=[1e-3] * 3), ValueError,
+     r"lrs must hold one learning rate per model \(8\), got \[0.001, 0.001, 0.001\]"),
+    ("lrs-negative", dict(opt=lambda lr: optim.sgd(lr), lrs=[1e-3] * 7 + [-1.0]), ValueError,
+     r"lrs\[7\] must be a finite number >= 0, got -1.0"),
+    ("lrs-nan", dict(opt=lambda lr: optim.sgd(lr), lrs=torch.tensor([1e-3] * 7 + [float("nan")])), ValueError,
+     r"lrs\[7\] must be a finite number >= 0, got nan"),
+    ("lrs-with-transformation", dict(opt=optim.sgd(1e-3), lrs=LRS), TypeError,
+     r"with lrs, opt must be a function of the learning rate, e.g. lambda lr: optim.adam\(lr\), got GradientTransformation"),
+    ("factory-without-lrs", dict(opt=lambda lr: optim.sgd(lr)), TypeError,
+     r"opt must be a GradientTransformation, e.g. optim.adam\(1e-3\), got function"),
+    ("seed-length", dict(seed=[0, 1]), TypeError, r"seed must be an int or a list of 8 ints \(one per model\), got \[0, 1\]"),
+    ("seed-item", dict(seed=[0] * 7 + [1.5]), TypeError, r"seed\[7\] must be an int, got float: 1.5"),
+    ("params-mismatch", dict(params=lambda m: m[:7] + [fnn.mlp([D_IN, 4, D_OUT]).init(0, dtype=torch.float64)]), ValueError,
+     r"(?s)params\[7\] does not match the structure of params\[0\].*float64\[4, 5\].*float64\[8, 5\]"),
+    ("stacked-sizes", dict(params=lambda m: [{"weight": torch.zeros(8, H, D_IN), "bias": torch.zeros(3, H)}]),
+     ValueError, r"params must be a list of K params trees, or one tree whose every leaf has a leading axis of K"),
+    ("stacked-other-net", dict(params=lambda m: tree_stack([fnn.mlp([D_IN, 4, D_OUT]).init(k, dtype=torch.float64) for k in range(K)])),
+     ValueError, r"params\[0\]\['weight'\] \(layer 0\) has shape \(4, 5\), expected \(8, 5\)"),
+    ("state-unstacked", dict(opt_state=lambda m: optim.adam(1e-3).init(m[0])), ValueError,
+     r"opt_state does not match the structure of opt.init\(params\)"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("change, error, message", [b[1:] for b in BAD], ids=[b[0] for b in BAD])
+def test_bad_ensemble_input_is_refused_with_a_clear_message(change, error, message):
+    models, x, y = problem()
+    kw = dict(opt=optim.adam(1e-3), steps=2, model=NET)
+    kw.update({k: v(models) if k in ("params", "opt_state") else v for k, v in change.items()})
+    params = kw.pop("params", models)
+    with pytest.raises(error, match=message):
+        fnn.fit_ensemble(params, x, y, kw.pop("opt"), **kw)

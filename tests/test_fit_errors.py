@@ -1,0 +1,120 @@
+"""Bad input to fit: each case is refused before any work with the expected exception, and a message
+that names the argument, what was given and what was expected."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import functional_nn as fnn
+from functional_nn import optim
+from functional_nn._pytree import tree_map
+
+N, D_IN, H, D_OUT = 6, 5, 8, 3
+NET = fnn.mlp([D_IN, H, D_OUT])
+
+
+def good():
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(N, D_IN, generator=g), torch.randn(N, D_OUT, generator=g)
+    params = NET.init(0)
+    return dict(params=params, x=x, y=y, opt=optim.adam(1e-3), model=NET, steps=2)
+
+
+def with_value(name, index, value):
+    """x or y with one entry replaced (a copy)."""
+
+    def change(kw):
+        t = kw[name].clone()
+        t[index] = value
+        return {name: t}
+
+    return change
+
+
+def on_meta(kw):
+    return {"params": tree_map(lambda t: t.to("meta"), kw["params"])}
+
+
+# (id, a change to good()'s arguments, exception, regex the message must match)
+CASES = [
+    ("rows", lambda kw: {"y": kw["y"][:4]}, ValueError,
+     r"x and y must have the same number of rows .* x of shape \(6, 5\) and y of shape \(4, 3\)"),
+    ("width", lambda kw: {"x": torch.randn(N, 4)}, ValueError,
+     r"x has shape \(6, 4\), but the first layer expects 5 features"),
+    ("int-x", lambda kw: {"x": torch.ones(N, D_IN, dtype=torch.int64)}, TypeError,
+     r"x must be a real floating tensor, got dtype torch.int64"),
+    ("complex-x", lambda kw: {"x": torch.ones(N, D_IN, dtype=torch.complex64)}, TypeError,
+     r"x must be a real floating tensor, got dtype torch.complex64"),
+    ("x-list", lambda kw: {"x": kw["x"].tolist()}, TypeError, r"x must be a torch.Tensor, got list"),
+    ("nan-x", with_value("x", (3, 1), float("nan")), ValueError,
+     r"x contains 1 NaN or inf values \(the first in row 3\)"),
+    ("inf-y", with_value("y", (2, 0), float("inf")), ValueError,
+     r"y contains 1 NaN or inf values \(the first in row 2\)"),
+    ("empty", lambda kw: {"x": kw["x"][:0], "y": kw["y"][:0]}, ValueError, r"x and y hold no examples"),
+    ("other-net", lambda kw: {"params": fnn.mlp([D_IN, 7, D_OUT]).init(0)}, ValueError,
+     r"params\[0\]\['weight'\] \(layer 0\) has shape \(7, 5\), expected \(8, 5\)"),
+    ("no-bias-net", lambda kw: {"params": fnn.mlp([D_IN, H, D_OUT], bias=False).init(0)}, ValueError,
+     r"params\[0\] \(layer 0\) has keys \['weight'\], expected \['bias', 'weight'\]"),
+    ("int-params", lambda kw: {"params": [{"weight": torch.ones(H, D_IN, dtype=torch.int64)}]}, TypeError,
+     r"params must be a non-empty pytree of floating tensors, got \[\{'weight': int64\[8, 5\]\}\]"),
+    ("dtype", lambda kw: {"x": kw["x"].double(), "y": kw["y"].double()}, TypeError,
+     r"x has dtype torch.float64 but params have \['torch.float32'\]"),
+    ("device", on_meta, ValueError, r"x is on cpu but params are on \['meta'\]"),
+    ("steps-0", lambda kw: {"steps": 0}, ValueError, r"steps must be >= 1, got 0"),
+    ("steps-float", lambda kw: {"steps": 2.5}, TypeError, r"steps must be an int, got float: 2.5"),
+    ("epochs-0", lambda kw: {"steps": None, "epochs": 0}, ValueError, r"epochs must be >= 1, got 0"),
+    ("steps-and-epochs", lambda kw: {"epochs": 2}, ValueError,
+     r"give steps or epochs, not both \(got steps=2, epochs=2\)"),
+    ("batch-0", lambda kw: {"batch_size": 0}, ValueError, r"batch_size must be >= 1, got 0"),
+    ("batch-too-big", lambda kw: {"batch_size": N + 1}, ValueError,
+     r"batch_size is 7 but the data has only 6 examples; use a batch_size <= 6"),
+    ("start-step", lambda kw: {"start_step": -1}, ValueError, r"start_step must be >= 0, got -1"),
+    ("log-every", lambda kw: {"log_every": -2}, ValueError, r"log_every must be >= 0, got -2"),
+    ("eval-every", lambda kw: {"eval_every": 0}, ValueError, r"eval_every must be >= 1, got 0"),
+    ("seed", lambda kw: {"seed": "0"}, TypeError, r"seed must be an int, got str: '0'"),
+    ("shuffle", lambda kw: {"shuffle": 1}, TypeError, r"shuffle must be a bool, got int: 1"),
+    ("on-nonfinite", lambda kw: {"on_nonfinite": "warn"}, ValueError,
+     r"on_nonfinite must be one of \('raise', 'stop', 'ignore'\), got 'warn'"),
+    ("opt", lambda kw: {"opt": torch.optim.SGD}, TypeError,
+     r"opt must be a GradientTransformation, e.g. optim.adam\(1e-3\), got type <class 'torch.optim.sgd.SGD'>"),
+    ("model", lambda kw: {"model": "mlp"}, TypeError, r"model must be a Network or a callable .*, got str 'mlp'"),
+    ("loss", lambda kw: {"loss": "sse"}, TypeError, r"loss must be a callable loss\(pred, y\)"),
+    ("callbacks", lambda kw: {"callbacks": [1]}, TypeError, r"callbacks must be a list or tuple of callables"),
+    ("val-single", lambda kw: {"val": kw["x"]}, TypeError, r"val must be a pair \(x_val, y_val\) of tensors"),
+    ("val-width", lambda kw: {"val": (torch.randn(3, 4), torch.randn(3, D_OUT))}, ValueError,
+     r"x has shape \(3, 4\), but the first layer expects 5 features"),
+    ("val-rows", lambda kw: {"val": (torch.randn(3, D_IN), torch.randn(2, D_OUT))}, ValueError,
+     r"val\[0\] \(x_val\) and val\[1\] \(y_val\) must have the same number of rows"),
+    ("val-nan", lambda kw: {"val": (torch.full((3, D_IN), float("nan")), torch.randn(3, D_OUT))}, ValueError,
+     r"val\[0\] \(x_val\) contains 15 NaN or inf values \(the first in row 0\)"),
+    ("val-dtype", lambda kw: {"val": (torch.randn(3, D_IN, dtype=torch.float64), torch.randn(3, D_OUT))},
+     TypeError, r"val\[0\] \(x_val\) has dtype torch.float64 but x has torch.float32"),
+    ("state-other-tree", lambda kw: {"opt_state": optim.adam(1e-3).init(fnn.mlp([D_IN, 7, D_OUT]).init(0))},
+     ValueError, r"opt_state does not match the structure of opt.init\(params\)"),
+    ("state-other-opt", lambda kw: {"opt_state": optim.sgd(1e-3, momentum=0.9).init(kw["params"])},
+     ValueError, r"(?s)opt_state does not match the structure of opt.init\(params\).*TraceState.*ScaleByAdamState"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("change, error, message", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_input_is_refused_with_a_clear_message(change, error, message):
+    kw = good()
+    kw.update(change(kw))
+    params, x, y, opt = kw.pop("params"), kw.pop("x"), kw.pop("y"), kw.pop("opt")
+    with pytest.raises(error, match=message):
+        fnn.fit(params, x, y, opt, **kw)
+
+
+def test_bad_input_is_refused_before_any_work():
+    calls = []
+
+    def model(params, x):
+        calls.append(1)
+        return NET.apply(params, x)
+
+    kw = good()
+    with pytest.raises(ValueError, match="opt_state does not match"):
+        fnn.fit(kw["params"], kw["x"], kw["y"], kw["opt"], model=model, steps=2,
+                opt_state=optim.adam(1e-3).init(fnn.mlp([D_IN, 7, D_OUT]).init(0)))  # fmt: skip
+    assert calls == []
