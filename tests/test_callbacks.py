@@ -1,0 +1,68 @@
+"""EarlyStopping, alone and inside fit."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import functional_nn as fnn
+from functional_nn import optim
+from tests.helpers import assert_trees_close
+
+
+def feed(stopper, losses):
+    """Call stopper on steps 1, 2, ... with these losses; the step it stopped at, or None."""
+    for step, loss in enumerate(losses, start=1):
+        if stopper(step, torch.tensor(loss, dtype=torch.float64), params=f"params@{step}"):
+            return step
+    return None
+
+
+@pytest.mark.parametrize(
+    "patience, min_delta, losses, stop, best_step",
+    [
+        (2, 0.0, [5.0, 4.0, 4.0, 4.5, 3.0], 4, 2),  # a tie is no improvement
+        (3, 0.0, [5.0, 4.0, 4.5, 4.2, 3.9, 4.0], None, 5),  # improved in time
+        (1, 0.0, [5.0, 6.0], 2, 1),
+        (2, 0.5, [5.0, 4.6, 4.7, 4.0], 3, 1),  # 4.6 beats the best, 5.0, by less than 0.5
+        (2, 0.0, [5.0, math.nan, math.nan], 3, 1),  # NaN never improves
+    ],
+)
+def test_early_stopping_waits_patience_evaluations(patience, min_delta, losses, stop, best_step):
+    stopper = fnn.EarlyStopping(patience=patience, min_delta=min_delta)
+    assert feed(stopper, losses) == stop
+    assert stopper.stopped_step == stop
+    assert stopper.best_step == best_step and stopper.best_params == f"params@{best_step}"
+    assert stopper.best_loss == losses[best_step - 1]
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"patience": 0}, r"patience must be an int >= 1, got 0"),
+        ({"patience": 2.0}, r"patience must be an int >= 1, got 2.0"),
+        ({"min_delta": -0.1}, r"min_delta must be >= 0, got -0.1"),
+        ({"min_delta": math.nan}, r"min_delta must be >= 0, got nan"),
+    ],
+)
+def test_early_stopping_rejects_bad_settings(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        fnn.EarlyStopping(**kwargs)
+
+
+def test_early_stopping_ends_a_fit_whose_validation_loss_only_rises():
+    # A linear model pulled by gradient descent from w0 towards the training optimum moves
+    # monotonically away from w0 along every eigen-direction, so the loss on targets made by w0
+    # itself rises at every step: the best evaluation is the first.
+    net = fnn.mlp([3, 1], activation="identity")
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(12, 3, generator=g, dtype=torch.float64), torch.randn(12, 1, generator=g, dtype=torch.float64)
+    params = net.init(0, dtype=torch.float64)
+    val = (x, net.apply(params, x))
+    stopper = fnn.EarlyStopping(patience=2)
+    r = fnn.fit(params, x, y, optim.sgd(1e-3), model=net, steps=50, val=val, eval_every=1, callbacks=[stopper])
+    assert bool((r.val_losses[1:] > r.val_losses[:-1]).all())
+    assert (r.steps, r.stop_reason, stopper.stopped_step, stopper.best_step) == (3, "callback", 3, 1)
+    assert_trees_close(stopper.best_params, fnn.fit(params, x, y, optim.sgd(1e-3), model=net, steps=1).params, 0.0)
