@@ -80,41 +80,61 @@ def run(
     return _Loop(step, evaluate, data, plan).run(params, state)
 
 
+@attrs.define
+class _Mark:
+    """The last look at the finite flags: where "stop" replays from, and what it replays."""
+
+    step: int
+    params: PyTree
+    state: PyTree
+    segment: int  # the index in _Loop.losses of the first segment after it
+    batches: list = attrs.Factory(list)
+
+
 class _Loop:
-    """The bookkeeping of one run: histories on the device, the clock of the progress lines."""
+    """The bookkeeping of one run: histories on the device, one tensor per segment, and the clock of
+    the progress lines."""
 
     def __init__(self, step, evaluate, data, plan: Plan):
         self.step, self.evaluate, self.data, self.plan = step, evaluate, data, plan
-        self.losses: list[Tensor] = []
-        self.flags: list[Tensor] = []
+        self.losses: list[Tensor] = []  # per segment: (n,) or (n, K)
+        self.flags: list[Tensor] = []  # the same, True where loss and gradients were finite
         self.val_losses: list[Tensor] = []
         self.val_steps: list[int] = []
-        self.last_eval = self.last_log = plan.start
-        self.log_clock = time.perf_counter()
+        self.since_callbacks = 0  # the first segment after the callbacks' last call
+        self.last_log, self.log_clock = plan.start, time.perf_counter()
 
     def run(self, params, state) -> FitResult:
         started, plan = time.perf_counter(), self.plan
         s, reason, bad = plan.start, "done", None
+        mark = _Mark(s, params, state, 0)
         with torch.no_grad():  # torch.func.grad ignores an outer no_grad; this keeps updates graph-free
             while s < plan.end:
                 stop = self._boundary(s)
                 batches = [next(self.data) for _ in range(s, stop)]
-                new_params, new_state = self._steps(params, state, batches)
-                bad = self._first_bad(s, stop) if plan.on_nonfinite != "ignore" else None
+                params, state = self._segment(params, state, batches)
+                mark.batches += batches
+                s = stop
+                if self._evaluates(s) and self.evaluate is not None:
+                    self.val_losses.append(self.evaluate(params))
+                    self.val_steps.append(s)
+                if not self._looks(s):
+                    continue
+                bad = self._first_bad(mark) if plan.on_nonfinite != "ignore" else None
                 if bad is not None:
-                    params, state = self._stop(bad, s, params, state, batches)
+                    params, state = self._stop(bad, mark)
                     s, reason = bad[0], "nonfinite"
                     break
-                params, state, s = new_params, new_state, stop
-                if self._report(s, params):
+                mark = _Mark(s, params, state, len(self.losses))
+                if self._host(s, params):
                     reason = "callback"
                     break
             if plan.on_nonfinite == "ignore":
-                bad = self._first_bad(plan.start, s)
+                bad = _first_bad(torch.cat(self.flags), plan.start)
         return FitResult(
             params=params,
             opt_state=state,
-            losses=torch.stack(self.losses)[: s - plan.start],
+            losses=torch.cat(self.losses),
             steps=s,
             val_losses=torch.stack(self.val_losses) if self.val_losses else None,
             val_steps=tuple(self.val_steps),
@@ -124,68 +144,85 @@ class _Loop:
         )
 
     def _boundary(self, s: int) -> int:
-        """The next step count at which the loop must look at the host: a check, report or the end."""
+        """The next step count at which the loop evaluates or looks at the host, or the end."""
         p = self.plan
         every = [n for n in (CHECK_EVERY, p.log_every, p.eval_every) if n]
         return min([p.end] + [(s // n + 1) * n for n in every])
 
-    def _steps(self, params, state, batches):
+    def _evaluates(self, s: int) -> bool:
+        p = self.plan
+        return p.eval_every is not None and (s % p.eval_every == 0 or s == p.end)
+
+    def _logs(self, s: int) -> bool:
+        return bool(self.plan.log_every) and s % self.plan.log_every == 0
+
+    def _looks(self, s: int) -> bool:
+        """Whether step count s syncs with the host: a check, a log line, callbacks or the end."""
+        calls = bool(self.plan.callbacks) and self._evaluates(s)
+        return s % CHECK_EVERY == 0 or s == self.plan.end or self._logs(s) or calls
+
+    def _segment(self, params, state, batches):
+        """The steps of one segment, without a host sync; their losses and flags kept stacked."""
+        losses, flags = [], []
         for xb, yb in batches:
             params, state, loss, finite = self.step(params, state, xb, yb)
-            self.losses.append(loss)
-            self.flags.append(finite)
+            losses.append(loss)
+            flags.append(finite)
+        self.losses.append(torch.stack(losses))
+        self.flags.append(torch.stack(flags))
         return params, state
 
-    def _first_bad(self, lo: int, hi: int) -> tuple[int, int | None] | None:
-        """(step, model or None) of the first non-finite loss or gradient in steps lo..hi-1; syncs."""
-        if hi == lo:
-            return None
-        flags = torch.stack(self.flags[lo - self.plan.start : hi - self.plan.start])
-        if bool(flags.all()):
-            return None
-        bad = ~flags.reshape(flags.shape[0], -1)
-        row = int(bad.any(1).nonzero()[0])
-        model = int(bad[row].nonzero()[0]) if flags.ndim > 1 else None
-        return lo + row, model
+    def _first_bad(self, mark: _Mark) -> tuple[int, int | None] | None:
+        return _first_bad(torch.cat(self.flags[mark.segment :]), mark.step)
 
-    def _stop(self, bad, s: int, params, state, batches):
-        """Raise, or give back the params and state from before the bad step (replayed, bitwise)."""
+    def _stop(self, bad, mark: _Mark):
+        """Raise, or give back the params and state from before the bad step, replayed from the
+        mark (bitwise, as the step is deterministic), with the histories cut there."""
         step, model = bad
-        loss = self.losses[step - self.plan.start]
-        loss = loss if model is None else loss[model]
+        losses = torch.cat(self.losses[mark.segment :])
+        loss = losses[step - mark.step] if model is None else losses[step - mark.step, model]
         if self.plan.on_nonfinite == "raise":
             raise FloatingPointError(_diverged(step, model, float(loss)))
-        for xb, yb in batches[: step - s]:
+        params, state = mark.params, mark.state
+        for xb, yb in mark.batches[: step - mark.step]:
             params, state, _, _ = self.step(params, state, xb, yb)
+        self.losses[mark.segment :] = [losses[: step - mark.step]]
+        kept = sum(s <= step for s in self.val_steps)
+        del self.val_losses[kept:], self.val_steps[kept:]
         return params, state
 
-    def _report(self, s: int, params) -> bool:
-        """Evaluate, log and call the callbacks that fall on step count s; True to stop."""
-        p = self.plan
-        evaluating = p.eval_every is not None and (s % p.eval_every == 0 or s == p.end)
-        val = self.evaluate(params) if evaluating and self.evaluate is not None else None
-        if val is not None:
-            self.val_losses.append(val)
-            self.val_steps.append(s)
-        if p.log_every and s % p.log_every == 0:
+    def _host(self, s: int, params) -> bool:
+        """The log line and callbacks that fall on step count s; True to stop."""
+        val = self.val_losses[-1] if self.val_steps and self.val_steps[-1] == s else None
+        if self._logs(s):
             if val is None and self.evaluate is not None:
                 val = self.evaluate(params)
             self._log(s, val)
-        if not (evaluating and p.callbacks):
+        if not (self.plan.callbacks and self._evaluates(s)):
             return False
-        since = self.losses[self.last_eval - p.start : s - p.start]
-        monitored = val if self.evaluate is not None else torch.stack(since).mean(0)
-        self.last_eval = s
-        return any([bool(callback(s, monitored, params)) for callback in p.callbacks])
+        if self.evaluate is None:  # no val: the mean training loss since the last call
+            val = torch.cat(self.losses[self.since_callbacks :]).mean(0)
+        self.since_callbacks = len(self.losses)
+        return any([bool(callback(s, val, params)) for callback in self.plan.callbacks])
 
     def _log(self, s: int, val: Tensor | None) -> None:
         now = time.perf_counter()
         rate = (s - self.last_log) / max(now - self.log_clock, 1e-9)
         self.last_log, self.log_clock = s, now
-        line = f"step {s:>{len(str(self.plan.end))}}/{self.plan.end}  loss {_mean(self.losses[-1]):.6g}"
+        line = f"step {s:>{len(str(self.plan.end))}}/{self.plan.end}  loss {_mean(self.losses[-1][-1]):.6g}"
         if val is not None:
             line += f"  val {_mean(val):.6g}"
         print(f"{line}  {rate:.4g} steps/s", file=sys.stderr, flush=True)
+
+
+def _first_bad(flags: Tensor, first_step: int) -> tuple[int, int | None] | None:
+    """(step, model or None) of the first False in flags, (n,) or (n, K) from first_step; syncs."""
+    if bool(flags.all()):
+        return None
+    bad = ~flags.reshape(flags.shape[0], -1)
+    row = int(bad.any(1).nonzero()[0])
+    model = int(bad[row].nonzero()[0]) if flags.ndim > 1 else None
+    return first_step + row, model
 
 
 def _mean(t: Tensor) -> float:

@@ -4,6 +4,7 @@ losses, purity and determinism. Bad input is in test_fit_errors.py, resuming in 
 from __future__ import annotations
 
 import re
+import warnings
 
 import pytest
 import torch
@@ -211,3 +212,21 @@ def test_fit_leaves_its_inputs_untouched_and_repeats_bitwise(device):
     if device.type == "cpu":
         for field in ("params", "opt_state", "losses", "val_losses"):
             assert_bitwise_equal(getattr(a, field), getattr(b, field), field)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="counts syncs with CUDA's sync debug mode")
+def test_the_loop_syncs_with_the_host_only_every_check():
+    params, x, y = problem("cuda")
+    _, xv, yv = problem("cuda", seed=1, n=9)
+    steps = 2 * CHECK_EVERY + 50
+    fnn.fit(params, x, y, optim.adam(1e-2), model=NET, steps=2)  # CUDA's lazy start-up syncs
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fnn.fit(params, x, y, optim.adam(1e-2), model=NET, steps=steps, val=(xv, yv))  # val every step
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+    syncs = [w for w in caught if "synchroniz" in str(w.message)]
+    # 4 NaN checks of the data, 3 looks at the finite flags (steps 100, 200, 250): far below one a step.
+    assert len(syncs) <= 12, [str(w.message) for w in syncs]

@@ -50,9 +50,13 @@ def test_a_huge_learning_rate_raises_naming_the_first_bad_step():
 def test_stop_returns_the_last_finite_params_and_ignore_goes_on():
     params, x, y = diverging_problem()
     bad = first_nonfinite_step_by_autograd(params, x, y, LR, 50)
-    stopped = fnn.fit(params, x, y, optim.sgd(LR), model=NET, steps=50, on_nonfinite="stop")
+    stopped = fnn.fit(params, x, y, optim.sgd(LR), model=NET, steps=50, on_nonfinite="stop", val=(x, y))
     assert (stopped.stop_reason, stopped.nonfinite_step, stopped.steps) == ("nonfinite", bad, bad)
     assert stopped.losses.shape == (bad,) and bool(torch.isfinite(stopped.losses).all())
+    # Evaluated on the training data, the loss at step count s is step s's training loss; the
+    # evaluations after the bad step are dropped with it.
+    assert stopped.val_steps == tuple(range(1, bad + 1))
+    assert_trees_close(stopped.val_losses[:-1], stopped.losses[1:], 0.0)
     assert all(bool(torch.isfinite(t).all()) for t in tree_leaves(stopped.params))
     before_bad = fnn.fit(params, x, y, optim.sgd(LR), model=NET, steps=bad)
     assert_trees_close((stopped.params, stopped.opt_state), (before_bad.params, before_bad.opt_state), 0.0)
