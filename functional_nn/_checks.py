@@ -90,8 +90,8 @@ def check_params(params: PyTree, x: Tensor, model: Any) -> None:
     dtypes = {t.dtype for t in leaves}
     if dtypes != {x.dtype}:
         raise TypeError(
-            f"x has dtype {x.dtype} but params have {sorted(map(str, dtypes))}: {describe(params)}; "
-            f"give both one dtype, e.g. x.to({sorted(map(str, dtypes))[0]}) or "
+            f"x has dtype {x.dtype} but params have {sorted(map(str, dtypes))}: "
+            f"{describe(params)}; give both one dtype, e.g. x.to({sorted(map(str, dtypes))[0]}) or "
             f"model.init(seed, dtype={x.dtype})."
         )
     if isinstance(model, Network):
@@ -99,7 +99,8 @@ def check_params(params: PyTree, x: Tensor, model: Any) -> None:
 
 
 def check_length(
-    n: int, steps: Any, epochs: Any, batch_size: Any, start_step: Any, log_every: Any, eval_every: Any
+    n: int, steps: Any, epochs: Any, batch_size: Any, start_step: Any, log_every: Any,
+    eval_every: Any,
 ) -> None:
     """The counts that say how long to train and how often to report."""
     if steps is not None and epochs is not None:
@@ -144,6 +145,8 @@ def check_opt(opt: Any) -> None:
 def check_seed(name: str, seed: Any) -> None:
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"{name} must be an int, got {type(seed).__name__}: {seed!r}.")
+    if not 0 <= seed < 2**64:  # what torch.Generator.manual_seed takes
+        raise ValueError(f"{name} must be in [0, 2**64), got {seed}.")
 
 
 def check_opt_state(opt_state: PyTree, expected: PyTree, device: torch.device) -> None:
@@ -162,8 +165,10 @@ def state_shapes(init: Callable[[PyTree], PyTree], params: PyTree) -> PyTree:
     return init(tree_map(lambda t: torch.empty_like(t, device="meta"), params))
 
 
-def check_fit(params, x, y, opt, *, model, loss, steps, epochs, batch_size, shuffle, seed,
-              opt_state, start_step, val, callbacks, log_every, eval_every, on_nonfinite) -> None:
+def check_fit(
+    params, x, y, opt, *, model, loss, steps, epochs, batch_size, shuffle, seed, opt_state,
+    start_step, val, callbacks, log_every, eval_every, on_nonfinite,
+) -> None:
     """All of fit's checks, in the order a reader would fix them."""
     check_data(x, y)
     check_params(params, x, model)
@@ -176,8 +181,10 @@ def check_fit(params, x, y, opt, *, model, loss, steps, epochs, batch_size, shuf
         check_opt_state(opt_state, state_shapes(opt.init, params), x.device)
 
 
-def check_ensemble(params, x, y, opt, *, model, loss, lrs, steps, epochs, batch_size, shuffle,
-                   seed, start_step, val, log_every, eval_every, on_nonfinite) -> tuple[PyTree, int, Tensor | None]:
+def check_ensemble(
+    params, x, y, opt, *, model, loss, lrs, steps, epochs, batch_size, shuffle, seed, start_step,
+    val, log_every, eval_every, on_nonfinite,
+) -> tuple[PyTree, int, Tensor | None]:
     """All of fit_ensemble's checks but opt_state's (see check_opt_state).
 
     Returns:
@@ -192,7 +199,9 @@ def check_ensemble(params, x, y, opt, *, model, loss, lrs, steps, epochs, batch_
     check_length(x.shape[0], steps, epochs, batch_size, start_step, log_every, eval_every)
     if not isinstance(seed, int) or isinstance(seed, bool):
         if not isinstance(seed, (list, tuple)) or len(seed) != k:
-            raise TypeError(f"seed must be an int or a list of {k} ints (one per model), got {seed!r}.")
+            raise TypeError(
+                f"seed must be an int or a list of {k} ints (one per model), got {seed!r}."
+            )
         for i, s in enumerate(seed):
             check_seed(f"seed[{i}]", s)
     check_options(loss, shuffle, (), on_nonfinite)
@@ -260,7 +269,9 @@ def check_val(val: Any, params: PyTree, x: Tensor, model: Any) -> None:
         raise TypeError(f"val must be a pair (x_val, y_val) of tensors, got {type(val).__name__}.")
     check_data(val[0], val[1], "val[0] (x_val)", "val[1] (y_val)")
     if val[0].device != x.device:
-        raise ValueError(f"val[0] (x_val) is on {val[0].device} but x is on {x.device}; move it there.")
+        raise ValueError(
+            f"val[0] (x_val) is on {val[0].device} but x is on {x.device}; move it there."
+        )
     if val[0].dtype != x.dtype:
         raise TypeError(f"val[0] (x_val) has dtype {val[0].dtype} but x has {x.dtype}; convert it.")
     if isinstance(model, Network):

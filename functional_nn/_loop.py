@@ -37,7 +37,8 @@ class FitResult:
             the seeds print it); on x's device. (n, K) for an ensemble.
         steps: the steps done since the start of training, this call's included: pass it back as
             start_step (with params and opt_state) to resume with the same batches.
-        val_losses: (m,) the loss on val at each evaluation, or None without val. (m, K) for K models.
+        val_losses: (m,) the loss on val at each evaluation, or None without val; (m, K) for K
+            models.
         val_steps: the step count at each evaluation (every eval_every steps, and the last step).
         wall_time: seconds this call took.
         stop_reason: "done" (ran all steps), "callback" (a callback stopped it) or "nonfinite"
@@ -108,7 +109,8 @@ class _Loop:
         started, plan = time.perf_counter(), self.plan
         s, reason, bad = plan.start, "done", None
         mark = _Mark(s, params, state, 0)
-        with torch.no_grad():  # torch.func.grad ignores an outer no_grad; this keeps updates graph-free
+        # torch.func.grad ignores an outer no_grad; it keeps the updates free of autograd graphs.
+        with torch.no_grad():
             while s < plan.end:
                 stop = self._boundary(s)
                 batches = [next(self.data) for _ in range(s, stop)]
@@ -209,7 +211,8 @@ class _Loop:
         now = time.perf_counter()
         rate = (s - self.last_log) / max(now - self.log_clock, 1e-9)
         self.last_log, self.log_clock = s, now
-        line = f"step {s:>{len(str(self.plan.end))}}/{self.plan.end}  loss {_mean(self.losses[-1][-1]):.6g}"
+        end = self.plan.end
+        line = f"step {s:>{len(str(end))}}/{end}  loss {_mean(self.losses[-1][-1]):.6g}"
         if val is not None:
             line += f"  val {_mean(val):.6g}"
         print(f"{line}  {rate:.4g} steps/s", file=sys.stderr, flush=True)

@@ -113,7 +113,8 @@ def tree_stack(trees: list[PyTree]) -> PyTree:
 
     Leaves that are not tensors (None, in a state) are taken from the first tree.
     """
-    return tree_map(lambda t, *ts: torch.stack([t, *ts]) if isinstance(t, torch.Tensor) else t, *trees)
+    stack = lambda t, *ts: torch.stack([t, *ts]) if isinstance(t, torch.Tensor) else t  # noqa: E731
+    return tree_map(stack, *trees)
 
 
 def tree_index(tree: PyTree, i: int) -> PyTree:

@@ -51,7 +51,8 @@ def save(path: str | os.PathLike, params: PyTree, opt_state: PyTree = None, **me
         meta: plain values (numbers, strings, bools, None, and lists, tuples and dicts of them).
     """
     path = os.fspath(path)
-    payload = {"format": FORMAT, "version": VERSION, "params": params, "opt_state": opt_state, "meta": meta}
+    payload = {"format": FORMAT, "version": VERSION, "params": params, "opt_state": opt_state}
+    payload["meta"] = meta
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
     try:
@@ -86,7 +87,8 @@ def load(path: str | os.PathLike, map_location: Any = None) -> Checkpoint:
     except pickle.UnpicklingError as e:
         raise ValueError(
             f"{path!r} is not a checkpoint a safe (weights_only) load can read: it holds objects "
-            f"other than tensors, plain values and registered states, or is no torch file ({_why(e)})."
+            "other than tensors, plain values and registered states, or is no torch file "
+            f"({_why(e)})."
         ) from e
     except Exception as e:  # torch.load reports a bad file with many exception types
         raise ValueError(
@@ -94,7 +96,9 @@ def load(path: str | os.PathLike, map_location: Any = None) -> Checkpoint:
             f"torch file ({_why(e)})."
         ) from e
     if not (isinstance(payload, dict) and payload.get("format") == FORMAT):
-        kind = f"a dict with keys {list(payload)[:8]}" if isinstance(payload, dict) else type(payload).__name__
+        kind = type(payload).__name__
+        if isinstance(payload, dict):
+            kind = f"a dict with keys {list(payload)[:8]}"
         raise ValueError(
             f"{path!r} is not a functional_nn checkpoint (it holds {kind}); write one with "
             "functional_nn.checkpoint.save."
@@ -104,10 +108,10 @@ def load(path: str | os.PathLike, map_location: Any = None) -> Checkpoint:
             f"{path!r} is a checkpoint of format version {payload.get('version')!r}; this "
             f"functional_nn reads version {VERSION}."
         )
-    return Checkpoint(params=payload["params"], opt_state=payload["opt_state"], meta=payload["meta"])
+    return Checkpoint(payload["params"], payload["opt_state"], payload["meta"])
 
 
 def _why(error: Exception) -> str:
-    """The first sentence of an error, as the cause in our message (the whole error stays chained)."""
+    """The first sentence of an error, for our message (the whole error stays chained)."""
     text = str(error).strip().splitlines()[0].split(". ")[0][:200] if str(error).strip() else ""
     return f"{type(error).__name__}: {text}" if text else type(error).__name__

@@ -46,15 +46,14 @@ def batches(
     seeds = [seed] if isinstance(seed, int) else list(seed)
     stacked = not isinstance(seed, int)
     if batch_size is None:
-        both = (x.expand(len(seeds), *x.shape), y.expand(len(seeds), *y.shape)) if stacked else (x, y)
-        yield from itertools.repeat(both)
+        yield from itertools.repeat(_same_for_all(x, y, len(seeds)) if stacked else (x, y))
         return
     n = x.shape[0]
     per_epoch = steps_per_epoch(n, batch_size)
     epoch, first = divmod(start_step, per_epoch)
     generators = [torch.Generator().manual_seed(s) for s in seeds]
     for g in generators:
-        for _ in range(epoch):  # replay the draws of the epochs before start_step
+        for _ in range(epoch if shuffle else 0):  # replay the draws of the epochs before start_step
             torch.randperm(n, generator=g)
     dim = 1 if stacked else 0
     while True:
@@ -71,7 +70,12 @@ def _epoch_data(
     """x and y in this epoch's order: (N, ...), or (K, N, ...) with one order per generator."""
     n = x.shape[0]
     if not shuffle:
-        return (x.expand(len(generators), *x.shape), y.expand(len(generators), *y.shape)) if stacked else (x, y)
+        return _same_for_all(x, y, len(generators)) if stacked else (x, y)
     order = torch.stack([torch.randperm(n, generator=g) for g in generators]).to(x.device)
     order = order if stacked else order[0]
     return x[order], y[order]
+
+
+def _same_for_all(x: Tensor, y: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """x and y seen by each of k models: (k, N, ...) views, no copy."""
+    return x.expand(k, *x.shape), y.expand(k, *y.shape)

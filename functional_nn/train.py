@@ -119,13 +119,17 @@ def fit(
     return run(make_step(apply, loss, opt), evaluate, params, state, data, plan)
 
 
-def _plan(n, steps, epochs, batch_size, start_step, val, callbacks, log_every, eval_every, on_nonfinite) -> Plan:
+def _plan(
+    n, steps, epochs, batch_size, start_step, val, callbacks, log_every, eval_every, on_nonfinite
+) -> Plan:
+    """How long to run and when to evaluate: once per epoch unless eval_every says otherwise."""
     per_epoch = steps_per_epoch(n, batch_size)
-    todo = steps if steps is not None else per_epoch * epochs if epochs is not None else DEFAULT_STEPS
+    if steps is None:
+        steps = DEFAULT_STEPS if epochs is None else epochs * per_epoch
     evaluates = val is not None or bool(callbacks)
     return Plan(
         start=start_step,
-        end=start_step + todo,
+        end=start_step + steps,
         eval_every=(eval_every or per_epoch) if evaluates else None,
         log_every=log_every,
         on_nonfinite=on_nonfinite,
@@ -192,12 +196,9 @@ def fit_ensemble(
     evaluate = None if val is None else _vmapped_eval(apply, loss, stacked, val)
     plan = _plan(x.shape[0], steps, epochs, batch_size, start_step, val, (), log_every,
                  eval_every, on_nonfinite)  # fmt: skip
-    data = batches(x, y, batch_size, shuffle, list(seed) if per_model_data else _one_seed(seed), start_step)
+    data_seed = list(seed) if per_model_data else seed if isinstance(seed, int) else seed[0]
+    data = batches(x, y, batch_size, shuffle, data_seed, start_step)
     return run(step, evaluate, stacked, state, data, plan)
-
-
-def _one_seed(seed: int | Sequence[int]) -> int:
-    return seed if isinstance(seed, int) else seed[0]
 
 
 def _vmapped_step(apply, loss, opt, lrs, params, state, per_model_data: bool) -> Callable:

@@ -73,6 +73,7 @@ CASES = [
     ("log-every", lambda kw: {"log_every": -2}, ValueError, r"log_every must be >= 0, got -2"),
     ("eval-every", lambda kw: {"eval_every": 0}, ValueError, r"eval_every must be >= 1, got 0"),
     ("seed", lambda kw: {"seed": "0"}, TypeError, r"seed must be an int, got str: '0'"),
+    ("seed-negative", lambda kw: {"seed": -1}, ValueError, r"seed must be in \[0, 2\*\*64\), got -1"),
     ("shuffle", lambda kw: {"shuffle": 1}, TypeError, r"shuffle must be a bool, got int: 1"),
     ("on-nonfinite", lambda kw: {"on_nonfinite": "warn"}, ValueError,
      r"on_nonfinite must be one of \('raise', 'stop', 'ignore'\), got 'warn'"),
