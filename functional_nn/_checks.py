@@ -45,8 +45,8 @@ def check_data(x: Any, y: Any, x_name: str = "x", y_name: str = "y") -> None:
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}.")
     if not x.is_floating_point():
         raise TypeError(
-            f"{x_name} must be a real floating tensor, got dtype {x.dtype}; convert it, "
-            f"e.g. {x_name}.to(torch.float32) (for complex data, split real and imaginary parts)."
+            f"{x_name} must be a floating tensor (real, not complex), got dtype {x.dtype}; convert "
+            f"it, e.g. {x_name}.to(torch.float32) (split complex data into real and imaginary parts)."
         )
     if x.ndim == 0 or y.ndim == 0 or x.shape[0] != y.shape[0]:
         raise ValueError(
