@@ -212,9 +212,11 @@ def check_ensemble(
 def as_stacked(params: PyTree, model: Any, x: Tensor) -> tuple[PyTree, int]:
     """K models as one stacked tree, from a list of K params trees or a stacked tree.
 
-    A list or tuple is read as K models when its items share one tree structure and shapes and,
-    for a Network, the first item fits the network (model.check); otherwise as a stacked tree,
-    whose every leaf must have the same leading size K.
+    A list or tuple is read as K models when, for a Network, its first item fits the network
+    (model.check), or, for a plain callable, its items share one structure and shapes; otherwise
+    as a stacked tree, whose every leaf must have the same leading size K. (So with a plain
+    callable, a stacked tree that is a list of identically shaped layers reads as a list: pass
+    such params as a list of K trees.)
     """
     if _is_model_list(params, model, x):
         for i, p in enumerate(params):
@@ -232,14 +234,17 @@ def as_stacked(params: PyTree, model: Any, x: Tensor) -> tuple[PyTree, int]:
 def _is_model_list(params: PyTree, model: Any, x: Tensor) -> bool:
     if not isinstance(params, (list, tuple)) or not params or isinstance(params[0], Tensor):
         return False
-    if any(tree_structure(p) != tree_structure(params[0]) for p in params):
-        return False
     if isinstance(model, Network):
         try:
             model.check(params[0], x)
-        except (ValueError, TypeError, AttributeError, KeyError):
+        except (ValueError, TypeError, AttributeError, KeyError, IndexError):
             return False
-    return True
+        return True
+    shapes = lambda tree: [getattr(t, "shape", None) for t in tree_leaves(tree)]  # noqa: E731
+    return all(
+        tree_structure(p) == tree_structure(params[0]) and shapes(p) == shapes(params[0])
+        for p in params
+    )
 
 
 def check_lrs(opt: Any, lrs: Any, k: int, device: torch.device) -> Tensor | None:

@@ -62,12 +62,14 @@ def test_an_ensemble_of_8_equals_8_fits(name, ensemble_kwargs, single_kwargs, dt
                            RTOL[dtype], f"model {k} opt_state")  # fmt: skip
 
 
-def test_a_list_and_a_stacked_tree_train_the_same_and_stay_untouched():
+@pytest.mark.parametrize("model", [NET, NET.apply], ids=["network", "plain-callable"])
+def test_a_list_and_a_stacked_tree_train_the_same_and_stay_untouched(model):
     models, x, y = problem()
     stacked = tree_stack(models)
     before = tree_map(torch.clone, (models, stacked))
-    a = fnn.fit_ensemble(models, x, y, optim.adam(1e-2), model=NET, steps=4, batch_size=6, seed=[1] * K)
-    b = fnn.fit_ensemble(stacked, x, y, optim.adam(1e-2), model=NET, steps=4, batch_size=6, seed=[1] * K)
+    a = fnn.fit_ensemble(models, x, y, optim.adam(1e-2), model=model, steps=4, batch_size=6, seed=[1] * K)
+    b = fnn.fit_ensemble(stacked, x, y, optim.adam(1e-2), model=model, steps=4, batch_size=6, seed=[1] * K)
+    assert a.losses.shape == (4, K)
     assert_trees_close((a.params, a.losses), (b.params, b.losses), 0.0)
     assert_trees_close((models, stacked), before, 0.0, "inputs after fit_ensemble")
 
