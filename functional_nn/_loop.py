@@ -1,11 +1,13 @@
 """The training loop shared by fit and fit_ensemble: steps run in segments between host syncs.
 
 A step is a pure function `step(params, state, xb, yb) -> (params, state, loss, finite)` (see
-train.make_step). The loop feeds it batches and keeps every loss and finite flag on the device. It
-syncs with the host only at the end of a segment: every CHECK_EVERY steps to look for a non-finite
-loss or gradient (at the very end with on_nonfinite="ignore"), and where the caller asked for output
-(log_every, callbacks). Steps are counted from 0 over the whole run, so step t takes the params from
-t updates to t + 1; a resumed run (start > 0) counts on from where the last one stopped.
+train.make_step). The loop feeds it batches in segments, which end where something is due: an
+evaluation on val, a look at the host, or the end. Losses, finite flags and validation losses stay
+on the device. The loop syncs with the host only every CHECK_EVERY steps to look for a non-finite
+loss or gradient (at the very end with on_nonfinite="ignore"), where the caller asked for output
+(log_every, callbacks), and at the end. Steps are counted from 0 over the whole run, so step t
+takes the params from t updates to t + 1; a resumed run (start > 0) counts on from where the last
+one stopped.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ class FitResult:
         val_losses: (m,) the loss on val at each evaluation, or None without val; (m, K) for K
             models.
         val_steps: the step count at each evaluation (every eval_every steps, and the last step).
-        wall_time: seconds this call took.
+        wall_time: seconds the training loop took (the input checks before it excluded).
         stop_reason: "done" (ran all steps), "callback" (a callback stopped it) or "nonfinite"
             (on_nonfinite="stop" met a non-finite loss or gradient).
         nonfinite_step: the first step whose loss or gradients were not finite, or None.
