@@ -149,6 +149,16 @@ def check_seed(name: str, seed: Any) -> None:
         raise ValueError(f"{name} must be in [0, 2**64), got {seed}.")
 
 
+def check_seeds(seed: Any, k: int) -> None:
+    """An int, or one int per model of an ensemble of k."""
+    if not isinstance(seed, (list, tuple)):
+        return check_seed("seed", seed)
+    if len(seed) != k:
+        raise ValueError(f"seed must be an int or a list of {k} ints (one per model), got {seed!r}.")
+    for i, s in enumerate(seed):
+        check_seed(f"seed[{i}]", s)
+
+
 def check_opt_state(opt_state: PyTree, expected: PyTree, device: torch.device) -> None:
     """opt_state has the structure and shapes of `expected` (the state opt.init would make here)."""
     assert_same_structure(opt_state, expected, "opt_state", "opt.init(params)")
@@ -197,13 +207,7 @@ def check_ensemble(
     check_params(first, x, model)
     lrs = check_lrs(opt, lrs, k, x.device)
     check_length(x.shape[0], steps, epochs, batch_size, start_step, log_every, eval_every)
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        if not isinstance(seed, (list, tuple)) or len(seed) != k:
-            raise TypeError(
-                f"seed must be an int or a list of {k} ints (one per model), got {seed!r}."
-            )
-        for i, s in enumerate(seed):
-            check_seed(f"seed[{i}]", s)
+    check_seeds(seed, k)
     check_options(loss, shuffle, (), on_nonfinite)
     check_val(val, first, x, model)
     return stacked, k, lrs
@@ -258,7 +262,9 @@ def check_lrs(opt: Any, lrs: Any, k: int, device: torch.device) -> Tensor | None
             f"lambda lr: optim.adam(lr), got {_given(opt)}."
         )
     values = lrs.tolist() if isinstance(lrs, Tensor) else lrs
-    if not isinstance(values, (list, tuple)) or len(values) != k:
+    if not isinstance(values, (list, tuple)):
+        raise TypeError(f"lrs must be a list or 1-d tensor of {k} learning rates, got {_given(lrs)}.")
+    if len(values) != k:
         raise ValueError(f"lrs must hold one learning rate per model ({k}), got {lrs!r}.")
     for i, lr in enumerate(values):
         if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0.0 <= lr < math.inf:
