@@ -174,9 +174,11 @@ def fit_ensemble(
         seed: an int (every model sees the same batches) or K ints (model k's data order is
             fit's with seed[k]); it matters only with shuffled minibatches.
         opt_state: a stacked state from an earlier fit_ensemble, or None for a fresh one.
+        log_every: as fit's; the line shows the mean loss over the models.
         on_nonfinite: as fit's, for the first model and step with a non-finite loss or gradient;
             "stop" stops every model there. With "ignore", a diverging model does not disturb
             the others.
+        There are no callbacks: a callback watches one model's loss.
     Returns:
         A FitResult with stacked params and opt_state, (n, K) losses and (m, K) val_losses.
     """
