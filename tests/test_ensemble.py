@@ -104,6 +104,16 @@ def test_a_diverging_model_leaves_the_others_alone():
         assert_trees_close(tree_index(ignored.params, k), single.params, RTOL[torch.float64], f"model {k}")
 
 
+def test_ensemble_progress_lines_show_the_mean_loss(capsys):
+    models, x, y = problem()
+    r = fnn.fit_ensemble(models, x, y, optim.adam(1e-2), model=NET, steps=4, log_every=2)
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 2
+    for line, s in zip(lines, (2, 4)):
+        assert line.startswith(f"step {s}/4  loss ")
+        assert float(line.split()[3]) == pytest.approx(float(r.losses[s - 1].mean()), rel=1e-5)
+
+
 BAD = [
     ("lrs-length", dict(opt=lambda lr: optim.sgd(lr), lrs=[1e-3] * 3), ValueError,
      r"lrs must hold one learning rate per model \(8\), got \[0.001, 0.001, 0.001\]"),

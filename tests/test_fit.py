@@ -138,6 +138,12 @@ def test_steps_and_epochs_set_the_number_of_updates(kwargs, expected_steps):
     assert r.stop_reason == "done" and r.nonfinite_step is None
 
 
+def test_steps_and_epochs_count_this_calls_work_from_start_step():
+    params, x, y = problem()
+    r = fnn.fit(params, x, y, optim.sgd(1e-3), model=NET, epochs=2, batch_size=6, start_step=3)
+    assert r.steps == 3 + 2 * 4 and r.losses.shape == (8,)
+
+
 @pytest.mark.parametrize("batch_size, eval_every, expected_steps", [
     (None, 3, (3, 6, 9, 10)),  # every 3 steps, and after the last
     (6, None, (4, 8, 10)),  # default: once per epoch (4 steps), and after the last
