@@ -143,7 +143,9 @@ def test_first_loss_is_the_loss_before_any_update(device):
         assert_trees_close(first, initial, rtol=_exact_on_cpu(device), name=f"fit({name}).losses[0]")
 
 
-@pytest.mark.parametrize("opt", [fnn.adam(lr=LR["adam"]), fnn.sgd(lr=LR["sgd"], momentum=0.9)], ids=["adam", "sgd_momentum"])
+@pytest.mark.parametrize(
+    "opt", [fnn.adam(lr=LR["adam"]), fnn.sgd(lr=LR["sgd"], momentum=0.9)], ids=["adam", "sgd_momentum"]
+)
 def test_fit_mutates_nothing_it_is_given(opt, device):
     params, x, y = _fresh_workload(str(device))
     net = _seed_net()
