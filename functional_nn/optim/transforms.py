@@ -109,12 +109,13 @@ def trace(momentum: float, dampening: float = 0.0, nesterov: bool = False) -> Gr
 @register_namedtuple
 class ScaleByAdamState(NamedTuple):
     """State of `scale_by_adam`: step count, first and second moments, and the running max of the
-    second moment (`None` unless amsgrad)."""
+    second moment (the empty tuple unless amsgrad: torch's pytree counts None as a leaf, which
+    vmap and tree_map(torch.clone, ...) reject, while () has no leaves)."""
 
     count: Tensor
     mu: PyTree
     nu: PyTree
-    nu_max: PyTree | None
+    nu_max: PyTree
 
 
 def scale_by_adam(
@@ -129,7 +130,7 @@ def scale_by_adam(
     """
 
     def init(params):
-        nu_max = zeros_like(params) if amsgrad else None
+        nu_max = zeros_like(params) if amsgrad else ()
         return ScaleByAdamState(_zero_count(params), zeros_like(params), zeros_like(params), nu_max)
 
     def update(grads, state, params=None):
@@ -148,7 +149,7 @@ def scale_by_adam(
             count,
             tree_unflatten(mu, spec),
             tree_unflatten(nu, spec),
-            tree_unflatten(nu_max, spec) if amsgrad else None,
+            tree_unflatten(nu_max, spec) if amsgrad else (),
         )
         return tree_unflatten(out, spec), new_state
 
