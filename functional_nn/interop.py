@@ -32,9 +32,9 @@ def from_module(module: nn.Module) -> tuple[Network, dict[str, Tensor]]:
     module's code with these params, whatever its own hold now. Its mode (`module.train()` /
     `module.eval()`) at call time still decides what dropout or batch-norm do, so call
     `module.eval()` first for a deterministic apply, and before `vmap` over a batch-norm.
-    `init(seed)` draws fresh params by calling each submodule's `reset_parameters()` on a copy,
-    with torch's CPU generator seeded from `seed`; seed s gives what building the module after
-    `torch.manual_seed(s)` gives.
+    `init(seed)` draws fresh params by calling each submodule's `reset_parameters()` on a CPU
+    copy, in the module's dtype, with torch's CPU generator seeded from `seed`: seed s gives what
+    building the module after `torch.manual_seed(s)` gives.
 
     Args:
         module: any `torch.nn.Module`; left unchanged.
