@@ -46,6 +46,10 @@ def per_example_grads(
         )
     if isinstance(model, Network):
         model.check(params, x)
+    elif not callable(model):
+        raise TypeError(
+            f"model must be a Network or a callable apply(params, x), got {type(model).__name__}."
+        )
     apply = model.apply if isinstance(model, Network) else model
     losses.check(loss, eval_shape(apply, params, x), y)
 

@@ -56,8 +56,8 @@ def from_module(module: nn.Module) -> tuple[Network, dict[str, Tensor]]:
         return torch.func.functional_call(module, (params, fresh), (x,))
 
     def init(seed_or_generator, *, dtype: torch.dtype | None = None, device: Any = None):
-        drawn = _reset_copy(module, seed_or_generator)
-        return {name: p.detach().to(dtype=dtype or p.dtype, device=device) for name, p in drawn.named_parameters()}
+        drawn = _reset_copy(module, seed_or_generator).named_parameters()
+        return {name: p.detach().to(dtype=dtype or p.dtype, device=device) for name, p in drawn}
 
     def check(params, x):
         _check_params(params, shapes, type(module).__name__)
@@ -131,26 +131,30 @@ def _check_chain(params: list[dict[str, Tensor]], prefixes: list[str]) -> None:
     if not params:
         raise ValueError("state_dict holds no linear layer; an mlp needs at least one.")
     has_bias = "bias" in params[0]
-    for layer, prefix, nxt in zip(params, prefixes, params[1:] + [None]):
+    for i, (layer, prefix) in enumerate(zip(params, prefixes)):
         weight = layer.get("weight")
         if weight is None or weight.ndim != 2 or ("bias" in layer) != has_bias:
             raise ValueError(
                 f"state_dict layer {prefix!r} must hold a 2-d weight, and a bias exactly when "
                 f"the first layer does, got {sorted(layer)}."
             )
-        if has_bias and tuple(layer["bias"].shape) != weight.shape[:1]:
-            raise ValueError(f"{prefix}bias has shape {tuple(layer['bias'].shape)}, expected {tuple(weight.shape[:1])}.")
-        if nxt is not None and nxt.get("weight") is not None and nxt["weight"].shape[-1] != weight.shape[0]:
+        if has_bias and layer["bias"].shape != weight.shape[:1]:
             raise ValueError(
-                f"{prefix}weight has {weight.shape[0]} outputs, but the next linear layer takes "
-                f"{nxt['weight'].shape[-1]} inputs; these layers do not make one mlp."
+                f"{prefix}bias has shape {tuple(layer['bias'].shape)}, expected ({weight.shape[0]},)."
+            )
+        if i and weight.shape[1] != params[i - 1]["weight"].shape[0]:
+            raise ValueError(
+                f"{prefixes[i - 1]}weight has {params[i - 1]['weight'].shape[0]} outputs, but "
+                f"{prefix}weight takes {weight.shape[1]} inputs; these layers do not make one mlp."
             )
 
 
 def _check_params(params: Any, shapes: dict[str, tuple[int, ...]], owner: str) -> None:
     """Raise ValueError unless params has exactly the names and shapes in `shapes`."""
     if not isinstance(params, dict):
-        raise ValueError(f"params must be a dict {{name: tensor}} as from_module makes, got {type(params).__name__}.")
+        raise ValueError(
+            f"params must be a dict {{name: tensor}} as from_module makes, got {type(params).__name__}."
+        )
     if set(params) != set(shapes):
         raise ValueError(
             f"params do not match the parameters of {owner}: missing {sorted(set(shapes) - set(params))}, "

@@ -80,12 +80,7 @@ def mlp(
         return x if out_act is None else out_act(x)
 
     def check(params, x):
-        if not isinstance(params, (list, tuple)) or len(params) != len(layers):
-            given = f"a {type(params).__name__} of {len(params)}" if isinstance(params, (list, tuple)) else repr(type(params))
-            raise ValueError(
-                f"params must be a list of {len(layers)} layer dicts, got {given}; "
-                "use the params made by this network's init."
-            )
+        _check_list(params, len(layers), "layer dicts")
         for i, layer in enumerate(params):
             _check_linear(layer, _linear_shapes(sizes[i], sizes[i + 1], bias), f"layer {i}: params[{i}]")
         _check_features(x, sizes[0])
@@ -148,12 +143,7 @@ def serial(*layers: Network | tuple | str | Activation) -> Network:
         return x
 
     def check(params, x):
-        if not isinstance(params, (list, tuple)) or len(params) != len(nets):
-            raise ValueError(
-                f"params must be a list of {len(nets)} entries, one per serial layer, got "
-                f"{type(params).__name__}{f' of {len(params)}' if isinstance(params, (list, tuple)) else ''}; "
-                "use the params made by this network's init."
-            )
+        _check_list(params, len(nets), "entries, one per serial layer")
         for i, (net, p) in enumerate(zip(nets, params)):
             try:
                 net.check(p, x)
@@ -217,6 +207,16 @@ def _as_network(layer: Any, index: int) -> Network:
 def _check_no_params(params: PyTree, x: Tensor) -> None:
     if not isinstance(params, dict) or params:
         raise ValueError(f"an activation layer has no params, so its entry must be {{}}, got {params!r}.")
+
+
+def _check_list(params: PyTree, length: int, entries: str) -> None:
+    if isinstance(params, (list, tuple)) and len(params) == length:
+        return
+    given = f"a {type(params).__name__}" + (f" of {len(params)}" if isinstance(params, (list, tuple)) else "")
+    raise ValueError(
+        f"params must be a list of {length} {entries}, got {given}; "
+        "use the params made by this network's init."
+    )
 
 
 def _check_sizes(sizes: Sequence[int]) -> tuple[int, ...]:

@@ -149,7 +149,8 @@ BAD = [
     pytest.param(lambda: fnn.to_module(nn.Linear(3, 2), {"weight": torch.zeros(3, 2), "bias": torch.zeros(2)}), ValueError, r"Linear parameter 'weight' has shape \(3, 2\), expected \(2, 3\)", id="to-shape"),
     pytest.param(lambda: fnn.mlp_from_state_dict(nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4)).state_dict()), ValueError, r"key '1.running_mean' is not '<index>.weight'.*from_module", id="sd-buffer"),
     pytest.param(lambda: fnn.mlp_from_state_dict({}), ValueError, r"holds no linear layer", id="sd-empty"),
-    pytest.param(lambda: fnn.mlp_from_state_dict({"0.weight": torch.zeros(4, 3), "2.weight": torch.zeros(2, 5)}), ValueError, r"0.weight has 4 outputs, but the next linear layer takes 5 inputs", id="sd-chain"),
+    pytest.param(lambda: fnn.mlp_from_state_dict({"0.weight": torch.zeros(4, 3), "2.weight": torch.zeros(2, 5)}), ValueError, r"0.weight has 4 outputs, but 2.weight takes 5 inputs", id="sd-chain"),
+    pytest.param(lambda: fnn.mlp_from_state_dict({"0.weight": torch.zeros(4, 3), "0.bias": torch.zeros(3)}), ValueError, r"0.bias has shape \(3,\), expected \(4,\)", id="sd-bias-shape"),
     pytest.param(lambda: fnn.mlp_from_state_dict({**{f"0.{k}": v for k, v in _linear(3, 4).items()}, "2.weight": torch.zeros(2, 4)}), ValueError, r"layer '2.' must hold a 2-d weight, and a bias exactly when", id="sd-mixed-bias"),
     pytest.param(lambda: fnn.mlp_to_state_dict({"weight": torch.zeros(2, 3)}), TypeError, r"params must be mlp params, a list of layer dicts, got dict", id="to-sd-type"),
 ]

@@ -123,7 +123,7 @@ def _serial():
 
 
 SERIAL_CHECKS = [
-    pytest.param(lambda p: p[:2], torch.zeros(5, 3), r"list of 3 entries, one per serial layer, got list of 2", id="length"),
+    pytest.param(lambda p: p[:2], torch.zeros(5, 3), r"list of 3 entries, one per serial layer, got a list of 2", id="length"),
     pytest.param(lambda p: [p[0], {"w": torch.ones(1)}, p[2]], torch.zeros(5, 3), r"serial layer 1: an activation layer has no params.*\{'w'", id="activation"),
     pytest.param(lambda p: [p[0], p[1], [p[2][0]]], torch.zeros(5, 3), r"serial layer 2: params must be a list of 2 layer dicts", id="inner-mlp"),
     pytest.param(

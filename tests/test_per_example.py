@@ -71,6 +71,11 @@ def test_per_example_grads_of_a_module_match_autograd_one_example_at_a_time(devi
         assert_trees_close(tree_map(lambda g: g[i], grads), expected, rtol=1e-14, name=f"example {i}")
 
 
+def test_model_must_be_a_network_or_a_callable():
+    with pytest.raises(TypeError, match=r"model must be a Network or a callable apply\(params, x\), got int"):
+        fnn.per_example_grads([], torch.zeros(2, 3), torch.zeros(2, 3), model=3)
+
+
 @pytest.mark.parametrize(
     "x, y, loss, error, message",
     [
