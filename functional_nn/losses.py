@@ -128,6 +128,11 @@ def get_loss(loss: str | Loss) -> Loss:
     """The loss named `loss` (with torch's default options), or `loss` itself when callable."""
     if callable(loss):
         return loss
+    if not isinstance(loss, str):
+        raise TypeError(
+            f"loss must be a name or a callable (pred, target) -> 0-d tensor, got "
+            f"{type(loss).__name__}: {loss!r}."
+        )
     if loss not in LOSSES:
         raise ValueError(
             f"Unknown loss {loss!r}; expected one of {sorted(LOSSES)} or a callable "

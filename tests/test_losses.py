@@ -113,6 +113,7 @@ def _pred():
 
 BAD_CALLS = [
     pytest.param(lambda: losses.get_loss("hinge"), ValueError, r"Unknown loss 'hinge'.*'binary_cross_entropy_with_logits'.*'sse'", id="unknown"),
+    pytest.param(lambda: losses.get_loss(None), TypeError, r"loss must be a name or a callable.*NoneType", id="loss-type"),
     pytest.param(lambda: losses.mse(_pred(), _pred(), reduction="none"), ValueError, r"Unknown reduction 'none'.*'mean', 'sum'", id="reduction"),
     pytest.param(lambda: losses.mse(_pred(), torch.zeros(5, 1)), ValueError, r"mse: target has shape \(5, 1\), but pred has shape \(5, 3\)", id="mse-shape"),
     pytest.param(lambda: losses.l1(_pred(), [0.0] * 15), TypeError, r"l1: target must be a torch.Tensor, got list", id="l1-type"),
