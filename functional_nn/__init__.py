@@ -5,9 +5,11 @@ Networks are pure functions over params pytrees, gradients come from `torch.func
 """
 
 from . import init, layers, losses, optim
-from .layers import linear, relu
-from .losses import mse, sse
-from .networks import Network, mlp
+from .grads import per_example_grads
+from .interop import from_module, mlp_from_state_dict, mlp_to_state_dict, to_module
+from .layers import gelu, identity, leaky_relu, linear, relu, sigmoid, softplus, tanh
+from .losses import binary_cross_entropy_with_logits, cross_entropy, huber, l1, mse, sse
+from .networks import Network, dense, eval_shape, mlp, serial
 from .optim import GradientTransformation, adam, apply_updates, chain, sgd
 from .train import FitResult, fit
 
@@ -17,16 +19,34 @@ __all__ = [
     "Network",
     "adam",
     "apply_updates",
+    "binary_cross_entropy_with_logits",
     "chain",
+    "cross_entropy",
+    "dense",
+    "eval_shape",
     "fit",
+    "from_module",
+    "gelu",
+    "huber",
+    "identity",
     "init",
+    "l1",
     "layers",
+    "leaky_relu",
     "linear",
     "losses",
     "mlp",
+    "mlp_from_state_dict",
+    "mlp_to_state_dict",
     "mse",
     "optim",
+    "per_example_grads",
     "relu",
+    "serial",
     "sgd",
+    "sigmoid",
+    "softplus",
     "sse",
+    "tanh",
+    "to_module",
 ]
