@@ -262,7 +262,9 @@ def run_stages(stages, data: Data, w0: Weights, steps: int, device, dtype) -> li
         losses, weights, seconds = stage.run(data, w0, steps, device, dtype)
         ref_losses, ref_weights, _ = references[stage.optimizer]
         curve_diff = difference(losses, ref_losses)
-        weights_diff = max(difference(w["weight"], r["weight"]) for w, r in zip(weights, ref_weights))
+        weights_diff = max(
+            difference(w["weight"], r["weight"]) for w, r in zip(weights, ref_weights)
+        )
         rows.append({
             "stage": stage.name,
             "optimizer": stage.optimizer,
