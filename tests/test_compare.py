@@ -1,4 +1,4 @@
-"""scripts/compare.py: every stage agrees with the oracle, and the script fails when one does not."""
+"""scripts/compare.py: every stage agrees with the oracle; the script fails when one does not."""
 
 from __future__ import annotations
 
