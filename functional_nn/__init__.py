@@ -8,14 +8,29 @@ from . import init, layers, losses, optim
 from .layers import linear, relu
 from .losses import mse, sse
 from .networks import Network, mlp
-from .optim import GradientTransformation, adam, apply_updates, chain, sgd
+from .optim import (
+    GradientTransformation,
+    adagrad,
+    adam,
+    adamax,
+    adamw,
+    apply_updates,
+    chain,
+    nadam,
+    radam,
+    rmsprop,
+    sgd,
+)
 from .train import FitResult, fit
 
 __all__ = [
     "FitResult",
     "GradientTransformation",
     "Network",
+    "adagrad",
     "adam",
+    "adamax",
+    "adamw",
     "apply_updates",
     "chain",
     "fit",
@@ -25,8 +40,11 @@ __all__ = [
     "losses",
     "mlp",
     "mse",
+    "nadam",
     "optim",
+    "radam",
     "relu",
+    "rmsprop",
     "sgd",
     "sse",
 ]

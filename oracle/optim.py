@@ -89,7 +89,9 @@ class Adagrad(_Optimizer):
     """Adagrad (Duchi, Hazan & Singer 2011): s_t = s_{t-1} + g^2, step lr / (1 + (t - 1) lr_decay)
     times g / (sqrt(s_t) + eps)."""
 
-    def __init__(self, lr=1e-2, lr_decay=0.0, weight_decay=0.0, initial_accumulator_value=0.0, eps=1e-10, maximize=False):
+    def __init__(
+        self, lr=1e-2, lr_decay=0.0, weight_decay=0.0, initial_accumulator_value=0.0, eps=1e-10, maximize=False
+    ):
         super().__init__(lr, weight_decay, maximize)
         self.lr_decay, self.init_value, self.eps = lr_decay, initial_accumulator_value, eps
 
@@ -152,7 +154,10 @@ class NAdam(_Optimizer):
     a Nesterov step (1 - mu_t) / (1 - prod mu) g + mu_{t+1} / (1 - prod mu * mu_{t+1}) m
     over sqrt(v / (1 - b2^t)) + eps."""
 
-    def __init__(self, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, momentum_decay=4e-3, decoupled_weight_decay=False, maximize=False):
+    def __init__(
+        self, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, momentum_decay=4e-3,
+        decoupled_weight_decay=False, maximize=False,
+    ):  # fmt: skip
         super().__init__(lr, weight_decay, maximize)
         (self.b1, self.b2), self.eps, self.psi = betas, eps, momentum_decay
         self.decoupled = decoupled_weight_decay
@@ -175,14 +180,18 @@ class NAdam(_Optimizer):
         s["v"] = self.b2 * s["v"] + (1 - self.b2) * g * g
         denom = np.sqrt(s["v"] / (1 - self.b2**t)) + self.eps
         mu, mu_next = self._mu(t), self._mu(t + 1)
-        return ((1 - mu) / (1 - self.mu_product) * g + mu_next / (1 - self.mu_product * mu_next) * s["m"]) / denom
+        grad_part = (1 - mu) / (1 - self.mu_product) * g
+        momentum_part = mu_next / (1 - self.mu_product * mu_next) * s["m"]
+        return (grad_part + momentum_part) / denom
 
 
 class RAdam(_Optimizer):
     """RAdam (Liu et al. 2020, Algorithm 2; eps outside the root as torch): rectified adaptive step
     when rho_t > 5, plain bias-corrected momentum before."""
 
-    def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, decoupled_weight_decay=False, maximize=False):
+    def __init__(
+        self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, decoupled_weight_decay=False, maximize=False
+    ):
         super().__init__(lr, weight_decay, maximize)
         (self.b1, self.b2), self.eps = betas, eps
         self.decoupled = decoupled_weight_decay
@@ -234,7 +243,10 @@ def exponential_decay(init_value, gamma):
 
 def cosine_decay(init_value, decay_steps, end_value=0.0):
     """CosineAnnealingLR (SGDR, Loshchilov & Hutter 2017, eq. 5, one cycle), held at the end."""
-    return lambda t: end_value + (init_value - end_value) * (1 + math.cos(math.pi * min(t, decay_steps) / decay_steps)) / 2
+    def schedule(t):
+        return end_value + (init_value - end_value) * (1 + math.cos(math.pi * min(t, decay_steps) / decay_steps)) / 2
+
+    return schedule
 
 
 def linear(init_value, end_value, transition_steps):
@@ -255,4 +267,6 @@ def join(schedules, boundaries):
 def warmup_cosine_decay(init_value, peak_value, warmup_steps, decay_steps, end_value=0.0):
     """Linear warmup to peak over warmup_steps, then cosine decay to end at decay_steps."""
     cosine = cosine_decay(peak_value, decay_steps - warmup_steps, end_value)
-    return join([linear(init_value, peak_value, warmup_steps), cosine], [warmup_steps]) if warmup_steps else cosine
+    if not warmup_steps:
+        return cosine
+    return join([linear(init_value, peak_value, warmup_steps), cosine], [warmup_steps])

@@ -287,3 +287,32 @@ def test_training_three_ways(case, dtype, device):
     assert_trees_close(ours, theirs, rtol, "functional_nn vs torch.optim")
     assert_trees_close(ours, reference, rtol, "functional_nn vs oracle")
     assert assert_trees_close(reference, params, 1.0) > 1e-3, "training did not move the params"
+
+
+def _nadam_first(g, eps=1e-8, b1=0.9, psi=4e-3):
+    mu1, mu2 = (b1 * (1 - 0.5 * 0.96 ** (t * psi)) for t in (1, 2))
+    return (g + mu2 / (1 - mu1 * mu2) * (1 - b1) * g) / (np.abs(g) + eps)
+
+
+# The first update, -lr * direction, worked out by hand from each method's formula (moments start
+# at zero, so bias-corrected moments equal g and g^2): checks the oracle and us independently.
+FIRST_DIRECTION = [
+    ("sgd", dict(momentum=0.9, dampening=0.5), lambda g: g),  # dampening skipped on step 1
+    ("rmsprop", dict(), lambda g: g / (np.sqrt(0.01 * g * g) + 1e-8)),
+    ("rmsprop", dict(centered=True), lambda g: g / (np.sqrt(0.01 * g * g - 1e-4 * g * g) + 1e-8)),
+    ("adam", dict(), lambda g: g / (np.abs(g) + 1e-8)),
+    ("adagrad", dict(initial_accumulator_value=0.5), lambda g: g / (np.sqrt(0.5 + g * g) + 1e-10)),
+    ("adamax", dict(), lambda g: g / (np.abs(g) + 1e-8)),
+    ("nadam", dict(), _nadam_first),
+    ("radam", dict(), lambda g: g),  # rho_1 = 1 <= 5: plain bias-corrected momentum
+]
+
+
+@pytest.mark.parametrize("name, kwargs, direction", FIRST_DIRECTION, ids=[c[0] for c in FIRST_DIRECTION])
+def test_first_step_by_hand(name, kwargs, direction):
+    params, (g, *_) = gradient_stream(torch.float64)
+    case = Case(name, dict(lr=0.1, **kwargs))
+    expected = [p.numpy() - 0.1 * direction(x.numpy()) for p, x in zip(tree_leaves(params), tree_leaves(g))]
+    ours, _ = run_functional(case, params, [g], torch.float64, "cpu")
+    assert_trees_close(tree_leaves(ours[0]), expected, 1e-14, "functional_nn")
+    assert_trees_close(tree_leaves(run_oracle(case, params, [g])[0]), expected, 1e-14, "oracle")

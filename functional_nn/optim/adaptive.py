@@ -15,8 +15,8 @@ from torch import Tensor
 
 from .._pytree import PyTree, register_namedtuple, tree_leaves, tree_map, tree_unflatten, zeros_like
 from . import _foreach
-from .base import GradientTransformation, leafwise
-from .transforms import checked_leaves, zero_count
+from .base import GradientTransformation, checked_leaves, leafwise
+from .transforms import zero_count
 
 
 def _steps(count: Tensor) -> Tensor:
@@ -85,7 +85,8 @@ def scale_by_adamax(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> Gr
     def update_leaves(g, state, p, spec):
         count = state.count + 1
         mu = _foreach.lerp(checked_leaves(state.mu, g, spec), g, 1.0 - b1)
-        nu = _foreach.maximum(_foreach.mul(tree_leaves(state.nu), b2), _foreach.add_scalar(_foreach.abs(g), eps))
+        decayed = _foreach.mul(tree_leaves(state.nu), b2)
+        nu = _foreach.maximum(decayed, _foreach.add_scalar(_foreach.abs(g), eps))
         out = _foreach.div(_foreach.div(mu, nu), 1.0 - torch.pow(b1, _steps(count)))
         return out, ScaleByAdamaxState(count, tree_unflatten(mu, spec), tree_unflatten(nu, spec))
 

@@ -12,7 +12,14 @@ import numbers
 
 import torch
 
-from .adaptive import scale_by_adam, scale_by_adamax, scale_by_nadam, scale_by_radam, scale_by_rms, scale_by_rss
+from .adaptive import (
+    scale_by_adam,
+    scale_by_adamax,
+    scale_by_nadam,
+    scale_by_radam,
+    scale_by_rms,
+    scale_by_rss,
+)
 from .base import GradientTransformation, chain
 from .transforms import Schedule, add_decayed_weights, as_schedule, scale, scale_by_learning_rate, trace
 
@@ -151,9 +158,8 @@ def adagrad(
     g_t <- -g_t if maximize;  g_t <- g_t + weight_decay * p;  s_t = s_{t-1} + g_t^2,
     s_0 = initial_accumulator_value;  p <- p - lr / (1 + (t - 1) lr_decay) * g_t / (sqrt(s_t) + eps).
     """
-    _non_negative(
-        lr_decay=lr_decay, weight_decay=weight_decay, initial_accumulator_value=initial_accumulator_value, eps=eps
-    )
+    _non_negative(lr_decay=lr_decay, weight_decay=weight_decay, eps=eps)
+    _non_negative(initial_accumulator_value=initial_accumulator_value)
     if lr_decay != 0.0:
         lr = _inverse_time_decay(as_schedule(lr), lr_decay)
     direction = scale_by_rss(initial_accumulator_value, eps)

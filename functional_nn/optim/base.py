@@ -68,18 +68,34 @@ def leafwise(init: Callable[[PyTree], PyTree], update_leaves: LeafUpdate) -> Gra
 
 
 def param_leaves(params: PyTree | None, grads: list[Tensor], spec, user: str) -> list[Tensor]:
-    """The leaves of `params`, after checking that they fit the grads' tree.
+    """The leaves of `params`, after checking that the grads fit them.
 
     Raises:
         ValueError: when params is None (naming `user`, the transform that needs them), or when
-            its structure differs from the grads' (showing both).
+            the grads' structure or a shape differs (showing both trees).
     """
     if params is None:
         raise ValueError(f"{user} needs params: call update(grads, state, params).")
-    leaves, params_spec = tree_flatten(params)
-    if params_spec != spec:
-        assert_same_structure(tree_unflatten(grads, spec), params, "grads", "params")
-    return leaves
+    return _matching_leaves(params, grads, spec, "grads", "params")
+
+
+def checked_leaves(buffer: PyTree, grads: list[Tensor], spec) -> list[Tensor]:
+    """The leaves of a per-param state tree, after checking that the grads fit it.
+
+    Raises:
+        ValueError: showing both trees, when the structure or a shape differs.
+    """
+    return _matching_leaves(buffer, grads, spec, "grads", "the optimizer state (made from params)")
+
+
+def _matching_leaves(
+    reference: PyTree, leaves: list[Tensor], spec, name: str, reference_name: str
+) -> list[Tensor]:
+    """The leaves of `reference`, after checking that `leaves` (of the tree `spec`) fit them."""
+    reference_leaves, reference_spec = tree_flatten(reference)
+    if reference_spec != spec or any(a.shape != b.shape for a, b in zip(leaves, reference_leaves)):
+        assert_same_structure(tree_unflatten(leaves, spec), reference, name, reference_name)
+    return reference_leaves
 
 
 def chain(*transforms: GradientTransformation) -> GradientTransformation:
@@ -135,9 +151,7 @@ def apply_updates(params: PyTree, updates: PyTree) -> PyTree:
     Returns:
         The new params; the inputs are not modified.
     """
-    leaves, spec = tree_flatten(params)
-    update_leaves, update_spec = tree_flatten(updates)
-    if update_spec != spec:
-        assert_same_structure(updates, params, "updates", "params")
-    return tree_unflatten(_foreach.add(leaves, update_leaves), spec)
+    deltas, spec = tree_flatten(updates)
+    leaves = _matching_leaves(params, deltas, spec, "updates", "params")
+    return tree_unflatten(_foreach.add(leaves, deltas), spec)
 

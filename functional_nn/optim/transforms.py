@@ -17,7 +17,6 @@ from torch import Tensor
 
 from .._pytree import (
     PyTree,
-    assert_same_structure,
     register_namedtuple,
     tree_flatten,
     tree_leaves,
@@ -25,7 +24,7 @@ from .._pytree import (
     zeros_like,
 )
 from . import _foreach
-from .base import EmptyState, GradientTransformation, leafwise, param_leaves
+from .base import EmptyState, GradientTransformation, checked_leaves, leafwise, param_leaves
 from .schedules import Schedule
 
 
@@ -33,20 +32,6 @@ def zero_count(params: PyTree) -> Tensor:
     """A 0-d int64 zero on the device of the first leaf of `params`: a fresh step count."""
     leaves = tree_leaves(params)
     return torch.zeros((), dtype=torch.int64, device=leaves[0].device if leaves else None)
-
-
-def checked_leaves(buffer: PyTree, grads: list[Tensor], spec) -> list[Tensor]:
-    """The leaves of a per-param state tree, after checking that `grads` fit it.
-
-    Raises:
-        ValueError: showing both trees, when the structure or a shape differs.
-    """
-    leaves, buffer_spec = tree_flatten(buffer)
-    if buffer_spec != spec or any(a.shape != b.shape for a, b in zip(grads, leaves)):
-        assert_same_structure(
-            tree_unflatten(grads, spec), buffer, "grads", "the optimizer state (made from params)"
-        )
-    return leaves
 
 
 def _stateless(update_leaves) -> GradientTransformation:
@@ -63,7 +48,8 @@ def add_decayed_weights(weight_decay: float) -> GradientTransformation:
     decoupled decay of AdamW when placed after the adaptive scaling."""
 
     def update_leaves(g, state, params, spec):
-        return _foreach.add(g, param_leaves(params, g, spec, "add_decayed_weights"), alpha=weight_decay), state
+        p = param_leaves(params, g, spec, "add_decayed_weights")
+        return _foreach.add(g, p, alpha=weight_decay), state
 
     return _stateless(update_leaves)
 
