@@ -197,3 +197,24 @@ def test_update_compiles_to_one_graph_without_recompiling(name, device):
         for g in grads:
             eager, traced = step(*eager, g), compiled(*traced, g)
     assert_trees_close(traced, eager, 1e-15, "compiled")
+
+
+def test_vmapped_update_with_per_model_lr_compiles(device):
+    """An ensemble step (vmap over params, state and lr) compiles too: under vmap the traced update
+    takes the per-tensor path, as _foreach ops have no batching rule."""
+    torch._dynamo.reset()
+    gen, k = torch.Generator().manual_seed(7), 3
+    lrs = torch.tensor([1e-2, 3e-2, 1e-1], dtype=torch.float64, device=device)
+    params = _stack([draw(gen, torch.float64, device) for _ in range(k)])
+    grads = [_stack([draw(gen, torch.float64, device) for _ in range(k)]) for _ in range(3)]
+
+    def step(p, s, g, lr):
+        updates, s = optim.adam(lr, amsgrad=True).update(g, s, p)
+        return optim.apply_updates(p, updates), s
+
+    state = vmap(lambda p, lr: optim.adam(lr, amsgrad=True).init(p))(params, lrs)
+    compiled = torch.compile(vmap(step), backend="aot_eager", fullgraph=True)
+    eager, traced = (params, state), (params, state)
+    for g in grads:
+        eager, traced = vmap(step)(*eager, g, lrs), compiled(*traced, g, lrs)
+    assert_trees_close(traced, eager, 1e-15, "compiled ensemble step")

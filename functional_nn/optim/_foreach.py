@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 _is_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
+_is_batched = torch._C._functorch.is_batchedtensor
 
 Scalar = float | Tensor
 
@@ -23,8 +24,11 @@ def multi_tensor(tensors: list[Tensor]) -> bool:
     """Whether the multi-tensor kernels apply to `tensors` (not inside vmap or grad)."""
     if not tensors:
         return False
-    # dynamo cannot trace _is_wrapped, and traces _foreach ops into fused kernels itself.
-    return torch.compiler.is_compiling() or not _is_wrapped(tensors[0])
+    if torch.compiler.is_compiling():
+        # dynamo cannot trace _is_wrapped, but can trace _is_batched: compiling a vmapped update
+        # (an ensemble) must still take the per-tensor path.
+        return not _is_batched(tensors[0])
+    return not _is_wrapped(tensors[0])
 
 
 def _pairs(a: list[Tensor], b: list[Tensor] | Scalar) -> list:
