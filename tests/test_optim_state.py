@@ -218,3 +218,20 @@ def test_vmapped_update_with_per_model_lr_compiles(device):
     for g in grads:
         eager, traced = vmap(step)(*eager, g, lrs), compiled(*traced, g, lrs)
     assert_trees_close(traced, eager, 1e-15, "compiled ensemble step")
+
+
+def test_grad_through_an_update_with_respect_to_a_tensor_lr(device):
+    """A tensor lr is an ordinary input: torch.func.grad differentiates an update with respect to
+    it (a hyper-gradient). First Adam step: p' = p - lr g / (|g| + eps), so d sum(p') / d lr =
+    -sum(g / (|g| + eps))."""
+    gen = torch.Generator().manual_seed(8)
+    params, g = draw(gen, torch.float64, device), draw(gen, torch.float64, device)
+
+    def total_after_one_step(lr):
+        opt = optim.adam(lr)
+        updates, _ = opt.update(g, opt.init(params), params)
+        return sum(t.sum() for t in tree_leaves(optim.apply_updates(params, updates)))
+
+    lr = torch.tensor(1e-2, dtype=torch.float64, device=device)
+    expected = -sum((t / (t.abs() + 1e-8)).sum() for t in tree_leaves(g))
+    assert float(torch.func.grad(total_after_one_step)(lr)) == pytest.approx(float(expected), rel=1e-14)

@@ -8,10 +8,9 @@ number, a 0-d tensor (e.g. batched by vmap: one learning rate per model) or a sc
 
 from __future__ import annotations
 
-import numbers
-
 import torch
 
+from ._checks import non_negative, number
 from .adaptive import (
     scale_by_adam,
     scale_by_adamax,
@@ -26,23 +25,11 @@ from .transforms import Schedule, add_decayed_weights, as_schedule, scale, scale
 LearningRate = float | torch.Tensor | Schedule
 
 
-def _check(name: str, value: float, expected: str, ok) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}: {value!r}.")
-    if not ok(value):  # NaN fails every comparison, so it is rejected too
-        raise ValueError(f"Invalid {name}: {value} (expected {expected}).")
-
-
-def _non_negative(**values: float) -> None:
-    for name, value in values.items():
-        _check(name, value, "a number >= 0", lambda v: v >= 0.0)
-
-
 def _betas(betas: tuple[float, float]) -> tuple[float, float]:
     if not isinstance(betas, (tuple, list)) or len(betas) != 2:
         raise ValueError(f"Invalid betas: {betas!r} (expected a pair (beta1, beta2), e.g. (0.9, 0.999)).")
     for i, b in enumerate(betas):
-        _check(f"betas[{i}]", b, "a number in [0, 1)", lambda v: 0.0 <= v < 1.0)
+        number(f"betas[{i}]", b, "a number in [0, 1)", lambda v: 0.0 <= v < 1.0)
     return betas[0], betas[1]
 
 
@@ -68,9 +55,17 @@ def sgd(
     g_t <- -g_t if maximize;  g_t <- g_t + weight_decay * p;
     b_1 = g_1, b_t = momentum * b_{t-1} + (1 - dampening) * g_t  (when momentum != 0);
     g_t <- g_t + momentum * b_t if nesterov else b_t;  p <- p - lr * g_t.
+
+    Args:
+        lr, momentum, dampening, weight_decay, nesterov, maximize: as torch.optim.SGD's,
+            with its defaults; lr may also be a 0-d tensor (one per model under vmap) or a
+            schedule.
+    Returns:
+        A GradientTransformation whose state holds the momentum buffer (when momentum != 0) and
+        the learning rate.
     """
-    _non_negative(momentum=momentum, weight_decay=weight_decay)
-    _check("dampening", dampening, "a number", lambda v: v == v)
+    non_negative(momentum=momentum, weight_decay=weight_decay)
+    number("dampening", dampening, "a number", lambda v: v == v)
     if nesterov and (momentum <= 0.0 or dampening != 0.0):
         raise ValueError(
             f"Nesterov momentum requires momentum > 0 and dampening == 0, got momentum={momentum}, "
@@ -96,8 +91,16 @@ def rmsprop(
     v_t = alpha v_{t-1} + (1 - alpha) g_t^2;  d_t = g_t / (sqrt(v_t - m_t^2 if centered else v_t) + eps),
     m_t = lerp(m_{t-1}, g_t, 1 - alpha);  b_t = momentum b_{t-1} + d_t if momentum > 0 else d_t;
     p <- p - lr * b_t.
+
+    Args:
+        lr, alpha, eps, weight_decay, momentum, centered, maximize: as
+            torch.optim.RMSprop's, with its defaults; lr may also be a 0-d tensor (one per
+            model under vmap) or a schedule.
+    Returns:
+        A GradientTransformation whose state holds the mean square (and mean) of the grads, the
+        momentum buffer and the learning rate.
     """
-    _non_negative(alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum)
+    non_negative(alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum)
     direction = [scale_by_rms(alpha, eps, centered)] + ([trace(momentum)] if momentum > 0.0 else [])
     return chain(*_parts(maximize, weight_decay, *direction), scale_by_learning_rate(lr))
 
@@ -117,9 +120,16 @@ def adam(
     m_t = b1 m_{t-1} + (1 - b1) g_t;  v_t = b2 v_{t-1} + (1 - b2) g_t^2;
     v_t <- max(vmax_{t-1}, v_t) if amsgrad;
     p <- p - lr * m_t / (1 - b1^t) / (sqrt(v_t) / sqrt(1 - b2^t) + eps).
+
+    Args:
+        lr, betas, eps, weight_decay, amsgrad, maximize: as torch.optim.Adam's, with its
+            defaults; lr may also be a 0-d tensor (one per model under vmap) or a schedule.
+    Returns:
+        A GradientTransformation whose state holds the step count and both moments (and their
+        max with amsgrad) and the learning rate.
     """
     b1, b2 = _betas(betas)
-    _non_negative(eps=eps, weight_decay=weight_decay)
+    non_negative(eps=eps, weight_decay=weight_decay)
     direction = scale_by_adam(b1, b2, eps, amsgrad)
     return chain(*_parts(maximize, weight_decay, direction), scale_by_learning_rate(lr))
 
@@ -137,9 +147,16 @@ def adamw(
 
     d_t = Adam's direction of (-g_t if maximize else g_t), without weight decay;
     p <- p - lr * (d_t + weight_decay * p)   (torch: p <- p (1 - lr weight_decay) - lr d_t).
+
+    Args:
+        lr, betas, eps, weight_decay, amsgrad, maximize: as torch.optim.AdamW's, with its
+            defaults; lr may also be a 0-d tensor (one per model under vmap) or a schedule.
+    Returns:
+        A GradientTransformation whose state holds the step count and both moments (and their
+        max with amsgrad) and the learning rate.
     """
     b1, b2 = _betas(betas)
-    _non_negative(eps=eps, weight_decay=weight_decay)
+    non_negative(eps=eps, weight_decay=weight_decay)
     direction = scale_by_adam(b1, b2, eps, amsgrad)
     return chain(*_parts(maximize, weight_decay, direction, decoupled=True), scale_by_learning_rate(lr))
 
@@ -157,9 +174,17 @@ def adagrad(
 
     g_t <- -g_t if maximize;  g_t <- g_t + weight_decay * p;  s_t = s_{t-1} + g_t^2,
     s_0 = initial_accumulator_value;  p <- p - lr / (1 + (t - 1) lr_decay) * g_t / (sqrt(s_t) + eps).
+
+    Args:
+        lr, lr_decay, weight_decay, initial_accumulator_value, eps, maximize: as
+            torch.optim.Adagrad's, with its defaults; lr may also be a 0-d tensor (one per
+            model under vmap) or a schedule.
+    Returns:
+        A GradientTransformation whose state holds the sum of squared grads and the learning
+        rate.
     """
-    _non_negative(lr_decay=lr_decay, weight_decay=weight_decay, eps=eps)
-    _non_negative(initial_accumulator_value=initial_accumulator_value)
+    non_negative(lr_decay=lr_decay, weight_decay=weight_decay, eps=eps)
+    non_negative(initial_accumulator_value=initial_accumulator_value)
     if lr_decay != 0.0:
         lr = _inverse_time_decay(as_schedule(lr), lr_decay)
     direction = scale_by_rss(initial_accumulator_value, eps)
@@ -184,9 +209,16 @@ def adamax(
     g_t <- -g_t if maximize;  g_t <- g_t + weight_decay * p;
     m_t = lerp(m_{t-1}, g_t, 1 - b1);  u_t = max(b2 u_{t-1}, |g_t| + eps);
     p <- p - lr / (1 - b1^t) * m_t / u_t.
+
+    Args:
+        lr, betas, eps, weight_decay, maximize: as torch.optim.Adamax's, with its defaults;
+            lr may also be a 0-d tensor (one per model under vmap) or a schedule.
+    Returns:
+        A GradientTransformation whose state holds the step count, the first moment and the
+        infinity norm and the learning rate.
     """
     b1, b2 = _betas(betas)
-    _non_negative(eps=eps, weight_decay=weight_decay)
+    non_negative(eps=eps, weight_decay=weight_decay)
     direction = scale_by_adamax(b1, b2, eps)
     return chain(*_parts(maximize, weight_decay, direction), scale_by_learning_rate(lr))
 
@@ -206,9 +238,17 @@ def nadam(
     g_t <- -g_t if maximize;  g_t <- g_t + weight_decay * p unless decoupled;
     d_t = NAdam's direction (see `scale_by_nadam`);
     p <- p - lr * (d_t + weight_decay * p if decoupled else d_t).
+
+    Args:
+        lr, betas, eps, weight_decay, momentum_decay, decoupled_weight_decay, maximize: as
+            torch.optim.NAdam's, with its defaults; lr may also be a 0-d tensor (one per
+            model under vmap) or a schedule.
+    Returns:
+        A GradientTransformation whose state holds the step count, the momentum product and both
+        moments and the learning rate.
     """
     b1, b2 = _betas(betas)
-    _non_negative(eps=eps, weight_decay=weight_decay, momentum_decay=momentum_decay)
+    non_negative(eps=eps, weight_decay=weight_decay, momentum_decay=momentum_decay)
     direction = scale_by_nadam(b1, b2, eps, momentum_decay)
     parts = _parts(maximize, weight_decay, direction, decoupled=decoupled_weight_decay)
     return chain(*parts, scale_by_learning_rate(lr))
@@ -228,9 +268,17 @@ def radam(
     g_t <- -g_t if maximize;  g_t <- g_t + weight_decay * p unless decoupled;
     d_t = RAdam's rectified direction (see `scale_by_radam`);
     p <- p - lr * (d_t + weight_decay * p if decoupled else d_t).
+
+    Args:
+        lr, betas, eps, weight_decay, decoupled_weight_decay, maximize: as
+            torch.optim.RAdam's, with its defaults; lr may also be a 0-d tensor (one per
+            model under vmap) or a schedule.
+    Returns:
+        A GradientTransformation whose state holds the step count and both moments and the
+        learning rate.
     """
     b1, b2 = _betas(betas)
-    _non_negative(eps=eps, weight_decay=weight_decay)
+    non_negative(eps=eps, weight_decay=weight_decay)
     direction = scale_by_radam(b1, b2, eps)
     parts = _parts(maximize, weight_decay, direction, decoupled=decoupled_weight_decay)
     return chain(*parts, scale_by_learning_rate(lr))

@@ -15,11 +15,12 @@ CosineAnnealingLR. Names and the count convention follow optax.
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
+
+from ._checks import integer, number
 
 Schedule = Callable[[Tensor | int], Tensor]
 
@@ -48,7 +49,7 @@ def step_decay(init_value: float, step_size: int, gamma: float = 0.1) -> Schedul
     """
     _check_value("init_value", init_value)
     _check_value("gamma", gamma)
-    _check_int("step_size", step_size, 1)
+    integer("step_size", step_size, 1)
     return lambda count: init_value * torch.pow(gamma, (_as_count(count) // step_size).to(torch.float64))
 
 
@@ -66,7 +67,7 @@ def cosine_decay(init_value: float, decay_steps: int, end_value: float = 0.0) ->
     """
     _check_value("init_value", init_value)
     _check_value("end_value", end_value)
-    _check_int("decay_steps", decay_steps, 1)
+    integer("decay_steps", decay_steps, 1)
 
     def schedule(count):
         t = torch.clamp(_steps(count), max=float(decay_steps))
@@ -80,7 +81,7 @@ def linear(init_value: float, end_value: float, transition_steps: int) -> Schedu
     torch's LinearLR with start_factor = init / base_lr and end_factor = end / base_lr."""
     _check_value("init_value", init_value)
     _check_value("end_value", end_value)
-    _check_int("transition_steps", transition_steps, 1)
+    integer("transition_steps", transition_steps, 1)
 
     def schedule(count):
         t = torch.clamp(_steps(count), max=float(transition_steps))
@@ -107,7 +108,7 @@ def join(schedules: Sequence[Schedule], boundaries: Sequence[int]) -> Schedule:
         if not callable(s):
             raise TypeError(f"schedules[{i}] must be a schedule (count -> lr), got {type(s).__name__}.")
     for i, b in enumerate(boundaries):
-        _check_int(f"boundaries[{i}]", b, boundaries[i - 1] + 1 if i else 0)
+        integer(f"boundaries[{i}]", b, boundaries[i - 1] + 1 if i else 0)
 
     def schedule(count):
         count = _as_count(count)
@@ -129,8 +130,8 @@ def warmup_cosine_decay(
     CosineAnnealingLR(T_max=decay_steps - warmup_steps, eta_min=end_value)], [warmup_steps]) on an
     optimizer with lr=peak_value.
     """
-    _check_int("warmup_steps", warmup_steps, 0)
-    _check_int("decay_steps", decay_steps, warmup_steps + 1)
+    integer("warmup_steps", warmup_steps, 0)
+    integer("decay_steps", decay_steps, warmup_steps + 1)
     cosine = cosine_decay(peak_value, decay_steps - warmup_steps, end_value)
     if warmup_steps == 0:
         return cosine
@@ -138,14 +139,4 @@ def warmup_cosine_decay(
 
 
 def _check_value(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}: {value!r}.")
-    if not 0.0 <= value < math.inf:
-        raise ValueError(f"Invalid {name}: {value} (expected a finite number >= 0).")
-
-
-def _check_int(name: str, value, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}: {value!r}.")
-    if value < minimum:
-        raise ValueError(f"Invalid {name}: {value} (expected an int >= {minimum}).")
+    number(name, value, "a finite number >= 0", lambda v: 0.0 <= v < math.inf)

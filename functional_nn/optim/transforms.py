@@ -24,6 +24,7 @@ from .._pytree import (
     zeros_like,
 )
 from . import _foreach
+from ._checks import number
 from .base import EmptyState, GradientTransformation, checked_leaves, leafwise, param_leaves
 from .schedules import Schedule
 
@@ -39,13 +40,25 @@ def _stateless(update_leaves) -> GradientTransformation:
 
 
 def scale(factor: float) -> GradientTransformation:
-    """updates = factor * grads."""
+    """updates = factor * grads (factor -1 turns descent into ascent: `maximize`).
+
+    Args:
+        factor: a number.
+    Returns:
+        A stateless GradientTransformation; updates have the grads' tree and shapes.
+    """
     return _stateless(lambda g, state, p, spec: (_foreach.mul(g, factor), state))
 
 
 def add_decayed_weights(weight_decay: float) -> GradientTransformation:
     """updates = grads + weight_decay * params: L2 decay as torch.optim's weight_decay, or the
-    decoupled decay of AdamW when placed after the adaptive scaling."""
+    decoupled decay of AdamW when placed after the adaptive scaling.
+
+    Args:
+        weight_decay: a number; `update` must then be given the params.
+    Returns:
+        A stateless GradientTransformation.
+    """
 
     def update_leaves(g, state, params, spec):
         p = param_leaves(params, g, spec, "add_decayed_weights")
@@ -56,8 +69,14 @@ def add_decayed_weights(weight_decay: float) -> GradientTransformation:
 
 def clip_by_global_norm(max_norm: float) -> GradientTransformation:
     """Scale all grads by min(1, max_norm / (||g|| + 1e-6)), ||g|| the 2-norm of all leaves
-    together: the result of `torch.nn.utils.clip_grad_norm_`."""
-    _check_number("max_norm", max_norm, "a number >= 0")
+    together: the result of `torch.nn.utils.clip_grad_norm_`.
+
+    Args:
+        max_norm: a number >= 0.
+    Returns:
+        A stateless GradientTransformation.
+    """
+    number("max_norm", max_norm, "a number >= 0")
 
     def update_leaves(g, state, p, spec):
         if not g:
@@ -70,8 +89,14 @@ def clip_by_global_norm(max_norm: float) -> GradientTransformation:
 
 def clip_by_value(clip_value: float) -> GradientTransformation:
     """Clamp every gradient entry into [-clip_value, clip_value], as
-    `torch.nn.utils.clip_grad_value_`."""
-    _check_number("clip_value", clip_value, "a number >= 0")
+    `torch.nn.utils.clip_grad_value_`.
+
+    Args:
+        clip_value: a number >= 0.
+    Returns:
+        A stateless GradientTransformation.
+    """
+    number("clip_value", clip_value, "a number >= 0")
     return _stateless(lambda g, state, p, spec: (_foreach.clamp(g, -clip_value, clip_value), state))
 
 
@@ -137,7 +162,7 @@ def as_schedule(lr: float | Tensor | Schedule) -> Schedule:
             f"{type(lr).__name__}: {lr!r}."
         )
     if isinstance(lr, numbers.Real):
-        _check_number("lr", lr, "a number >= 0 (use maximize=True to ascend)")
+        number("lr", lr, "a number >= 0 (use maximize=True to ascend)")
         return lambda count: torch.full_like(count, lr, dtype=torch.float64)
     if isinstance(lr, Tensor):
         if lr.ndim != 0 or not lr.is_floating_point():
@@ -151,13 +176,6 @@ def as_schedule(lr: float | Tensor | Schedule) -> Schedule:
 
 def _float64(value, count: Tensor) -> Tensor:
     return torch.as_tensor(value, dtype=torch.float64, device=count.device)
-
-
-def _check_number(name: str, value, expected: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}: {value!r}.")
-    if not value >= 0.0:  # also rejects NaN
-        raise ValueError(f"Invalid {name}: {value} (expected {expected}).")
 
 
 @register_namedtuple
@@ -174,6 +192,11 @@ def trace(momentum: float, dampening: float = 0.0, nesterov: bool = False) -> Gr
     b_1 = g_1;  b_t = momentum * b_{t-1} + (1 - dampening) * g_t;
     updates = g_t + momentum * b_t if nesterov else b_t.
     The first step ignores dampening, as torch does.
+
+    Args:
+        momentum, dampening, nesterov: torch.optim.SGD's.
+    Returns:
+        A GradientTransformation with a TraceState.
     """
 
     def init(params):
