@@ -186,6 +186,7 @@ def run_torch(case, params, grads, dtype, device):
         opt, scheduler = case.torch(leaves, device)
         trajectory, lrs_seen = [], []
         for step, g in enumerate(grads):
+            # Adagrad's lr_decay is part of our scheduled rate; torch applies it inside step().
             lrs_seen.append(float(opt.param_groups[0]["lr"]) / (1 + step * case.kwargs.get("lr_decay", 0.0)))
             for p, gi in zip(leaves, tree_leaves(g)):
                 p.grad = gi.to(dtype=dtype, device=device).clone()

@@ -6,7 +6,9 @@ import numbers
 from typing import Callable
 
 
-def number(name: str, value, expected: str = "a number >= 0", ok: Callable[[float], bool] = lambda v: v >= 0.0):
+def number(
+    name: str, value, expected: str = "a number >= 0", ok: Callable[[float], bool] = lambda v: v >= 0.0
+) -> None:
     """Raise TypeError unless `value` is a real number, ValueError unless `ok(value)` (NaN never is)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a number, got {type(value).__name__}: {value!r}.")

@@ -152,7 +152,8 @@ def scale_by_nadam(
         grad_part = _foreach.mul(g, (1.0 - mu_t) / (1.0 - mu_product))
         momentum_part = _foreach.mul(mu, mu_next / (1.0 - mu_product * mu_next))
         out = _foreach.div(_foreach.add(grad_part, momentum_part), denom)
-        return out, ScaleByNadamState(count, mu_product, tree_unflatten(mu, spec), tree_unflatten(nu, spec))
+        mu, nu = tree_unflatten(mu, spec), tree_unflatten(nu, spec)
+        return out, ScaleByNadamState(count, mu_product, mu, nu)
 
     return leafwise(init, update_leaves)
 
@@ -227,7 +228,8 @@ def scale_by_rms(alpha: float = 0.99, eps: float = 1e-8, centered: bool = False)
         return ScaleByRmsState(zeros_like(params), zeros_like(params) if centered else ())
 
     def update_leaves(g, state, params, spec):
-        nu = _foreach.addcmul(_foreach.mul(checked_leaves(state.nu, g, spec), alpha), g, g, 1.0 - alpha)
+        decayed = _foreach.mul(checked_leaves(state.nu, g, spec), alpha)
+        nu = _foreach.addcmul(decayed, g, g, 1.0 - alpha)
         if centered:
             mu = _foreach.lerp(tree_leaves(state.mu), g, 1.0 - alpha)
             avg = _foreach.sqrt(_foreach.addcmul(nu, mu, mu, -1.0))
@@ -258,7 +260,7 @@ def scale_by_rss(initial_accumulator_value: float = 0.0, eps: float = 1e-10) -> 
     """
 
     def init(params):
-        return ScaleByRssState(tree_map(lambda x: torch.full_like(x, initial_accumulator_value), params))
+        return ScaleByRssState(tree_map(lambda p: torch.full_like(p, initial_accumulator_value), params))
 
     def update_leaves(g, state, params, spec):
         total = _foreach.addcmul(checked_leaves(state.sum_of_squares, g, spec), g, g, 1.0)

@@ -174,6 +174,7 @@ def adagrad(
 
     g_t <- -g_t if maximize;  g_t <- g_t + weight_decay * p;  s_t = s_{t-1} + g_t^2,
     s_0 = initial_accumulator_value;  p <- p - lr / (1 + (t - 1) lr_decay) * g_t / (sqrt(s_t) + eps).
+    The decayed rate is the optimizer's learning rate: `current_lr` reports it.
 
     Args:
         lr, lr_decay, weight_decay, initial_accumulator_value, eps, maximize: as
