@@ -10,14 +10,29 @@ from .interop import from_module, mlp_from_state_dict, mlp_to_state_dict, to_mod
 from .layers import gelu, identity, leaky_relu, linear, relu, sigmoid, softplus, tanh
 from .losses import binary_cross_entropy_with_logits, cross_entropy, huber, l1, mse, sse
 from .networks import Network, dense, eval_shape, mlp, serial
-from .optim import GradientTransformation, adam, apply_updates, chain, sgd
+from .optim import (
+    GradientTransformation,
+    adagrad,
+    adam,
+    adamax,
+    adamw,
+    apply_updates,
+    chain,
+    nadam,
+    radam,
+    rmsprop,
+    sgd,
+)
 from .train import FitResult, fit
 
 __all__ = [
     "FitResult",
     "GradientTransformation",
     "Network",
+    "adagrad",
     "adam",
+    "adamax",
+    "adamw",
     "apply_updates",
     "binary_cross_entropy_with_logits",
     "chain",
@@ -39,9 +54,12 @@ __all__ = [
     "mlp_from_state_dict",
     "mlp_to_state_dict",
     "mse",
+    "nadam",
     "optim",
     "per_example_grads",
+    "radam",
     "relu",
+    "rmsprop",
     "serial",
     "sgd",
     "sigmoid",
