@@ -6,10 +6,24 @@ Networks are pure functions over params pytrees, gradients come from `torch.func
 
 from . import checkpoint, init, layers, losses, optim
 from .callbacks import EarlyStopping
-from .layers import linear, relu
-from .losses import mse, sse
-from .networks import Network, mlp
-from .optim import GradientTransformation, adam, apply_updates, chain, sgd
+from .grads import per_example_grads
+from .interop import from_module, mlp_from_state_dict, mlp_to_state_dict, to_module
+from .layers import gelu, identity, leaky_relu, linear, relu, sigmoid, softplus, tanh
+from .losses import binary_cross_entropy_with_logits, cross_entropy, huber, l1, mse, sse
+from .networks import Network, dense, eval_shape, mlp, serial
+from .optim import (
+    GradientTransformation,
+    adagrad,
+    adam,
+    adamax,
+    adamw,
+    apply_updates,
+    chain,
+    nadam,
+    radam,
+    rmsprop,
+    sgd,
+)
 from .train import FitResult, fit, fit_ensemble
 
 __all__ = [
@@ -17,20 +31,44 @@ __all__ = [
     "FitResult",
     "GradientTransformation",
     "Network",
+    "adagrad",
     "adam",
+    "adamax",
+    "adamw",
     "apply_updates",
+    "binary_cross_entropy_with_logits",
     "chain",
     "checkpoint",
+    "cross_entropy",
+    "dense",
+    "eval_shape",
     "fit",
     "fit_ensemble",
+    "from_module",
+    "gelu",
+    "huber",
+    "identity",
     "init",
+    "l1",
     "layers",
+    "leaky_relu",
     "linear",
     "losses",
     "mlp",
+    "mlp_from_state_dict",
+    "mlp_to_state_dict",
     "mse",
+    "nadam",
     "optim",
+    "per_example_grads",
+    "radam",
     "relu",
+    "rmsprop",
+    "serial",
     "sgd",
+    "sigmoid",
+    "softplus",
     "sse",
+    "tanh",
+    "to_module",
 ]

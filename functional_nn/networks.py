@@ -1,4 +1,9 @@
-"""Networks: a frozen pair of pure functions `(init, apply)` over a params pytree."""
+"""Networks: a frozen pair of pure functions `(init, apply)` over a params pytree.
+
+`mlp` and `dense` build networks of linear layers; `serial` chains networks and activations into
+one; `interop.from_module` wraps any `torch.nn.Module`. Every network also carries a `check` that
+rejects params or inputs that do not fit it, naming the layer and both shapes.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ from torch import Tensor
 
 from ._pytree import PyTree, tree_map
 from .init import as_generator, get_scheme
-from .layers import get_activation, linear
+from .layers import Activation, get_activation, linear
 
 
 def _no_check(params: PyTree, x: Tensor) -> None:
@@ -38,55 +43,180 @@ class Network:
 
 def mlp(
     sizes: Sequence[int],
-    activation: str | Callable[[Tensor], Tensor] = "relu",
+    activation: str | Activation = "relu",
     bias: bool = True,
     init: str = "normal",
+    output_activation: str | Activation | None = None,
 ) -> Network:
-    """A multi-layer perceptron: linear layers with `activation` between them (not after the last).
+    """A multi-layer perceptron: linear layers with `activation` between them.
 
     Args:
         sizes: `(in, hidden..., out)`, at least two positive ints; the seeds' net is
             `mlp([1000, 100, 10], bias=False)`.
-        activation: a name (see `layers.ACTIVATIONS`) or a callable Tensor -> Tensor.
+        activation: a name (see `layers.ACTIVATIONS`) or a callable Tensor -> Tensor, e.g.
+            `functools.partial(layers.leaky_relu, negative_slope=0.2)`.
         bias: whether each linear layer has a bias.
         init: an initialiser scheme name (see `init.SCHEMES`); "normal" draws standard-normal
-            weights and biases, as the seeds do.
+            weights and biases, as the seeds do; "torch" draws as `torch.nn.Linear`.
+        output_activation: applied after the last layer; None (the default) for none.
     Returns:
         A Network whose params are a list with one dict per linear layer,
         `{"weight": (out, in), "bias": (out,)}`: the names and shapes of `torch.nn.Linear`.
     """
     sizes = _check_sizes(sizes)
     act = get_activation(activation)
-    weight_init, bias_init = get_scheme(init)
-    shapes = _layer_shapes(sizes, bias)
+    out_act = None if output_activation is None else get_activation(output_activation)
+    layers = [dense(fan_in, fan_out, bias, init) for fan_in, fan_out in zip(sizes[:-1], sizes[1:])]
 
     def init_fn(seed_or_generator, *, dtype: torch.dtype | None = None, device: Any = None):
         generator = as_generator(seed_or_generator)
-        dtype = dtype or torch.get_default_dtype()
-        params = []
-        for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
-            layer = {"weight": weight_init(generator, (fan_out, fan_in), fan_in, fan_out, dtype)}
-            if bias:
-                layer["bias"] = bias_init(generator, (fan_out,), fan_in, fan_out, dtype)
-            params.append(layer)
-        return params if device is None else tree_map(lambda t: t.to(device), params)
+        return [layer.init(generator, dtype=dtype, device=device) for layer in layers]
 
     def apply(params, x):
         *hidden, last = params
         for layer in hidden:
             x = act(linear(layer, x))
-        return linear(last, x)
+        x = linear(last, x)
+        return x if out_act is None else out_act(x)
 
     def check(params, x):
-        _check_layers(params, shapes)
-        if x.ndim < 1 or x.shape[-1] != sizes[0]:
-            raise ValueError(
-                f"x has shape {tuple(x.shape)}, but the first layer expects {sizes[0]} features "
-                f"in its last dimension: pass x of shape (N, {sizes[0]}), or build the mlp with "
-                f"sizes[0] = {x.shape[-1] if x.ndim else 'x.shape[-1]'}."
-            )
+        _check_list(params, len(layers), "layer dicts")
+        for i, layer in enumerate(params):
+            _check_linear(layer, _linear_shapes(sizes[i], sizes[i + 1], bias), f"layer {i}: params[{i}]")
+        _check_features(x, sizes[0])
 
     return Network(init=init_fn, apply=apply, check=check)
+
+
+def dense(in_features: int, out_features: int, bias: bool = True, init: str = "normal") -> Network:
+    """One linear layer as a Network, to chain with `serial`.
+
+    Args:
+        in_features, out_features: positive ints.
+        bias: whether the layer has a bias.
+        init: an initialiser scheme name (see `init.SCHEMES`).
+    Returns:
+        A Network whose params are `{"weight": (out, in), "bias": (out,)}`, as `torch.nn.Linear`.
+    """
+    fan_in, fan_out = _check_sizes((in_features, out_features))
+    weight_init, bias_init = get_scheme(init)
+    shapes = _linear_shapes(fan_in, fan_out, bias)
+
+    def init_fn(seed_or_generator, *, dtype: torch.dtype | None = None, device: Any = None):
+        generator = as_generator(seed_or_generator)
+        dtype = dtype or torch.get_default_dtype()
+        # weight before bias: the order torch.nn.Linear draws them in.
+        params = {"weight": weight_init(generator, shapes["weight"], fan_in, fan_out, dtype)}
+        if bias:
+            params["bias"] = bias_init(generator, shapes["bias"], fan_in, fan_out, dtype)
+        return params if device is None else tree_map(lambda t: t.to(device), params)
+
+    def check(params, x):
+        _check_linear(params, shapes, "params")
+        _check_features(x, fan_in)
+
+    return Network(init=init_fn, apply=linear, check=check)
+
+
+def serial(*layers: Network | tuple | str | Activation) -> Network:
+    """Chain layers into one Network: `apply` feeds each layer's output to the next.
+
+    Args:
+        layers: each a Network (e.g. `dense(3, 4)`, an `mlp`, another `serial`), an
+            `(init, apply)` pair with Network's contract, or an activation (a name or a callable
+            Tensor -> Tensor), which has no params.
+    Returns:
+        A Network whose params are a list with one entry per layer; `{}` for an activation.
+        `init` draws the layers' params in order from one generator.
+    """
+    if not layers:
+        raise ValueError("serial needs at least one layer, got none.")
+    nets = [_as_network(layer, i) for i, layer in enumerate(layers)]
+
+    def init_fn(seed_or_generator, *, dtype: torch.dtype | None = None, device: Any = None):
+        generator = as_generator(seed_or_generator)
+        return [net.init(generator, dtype=dtype, device=device) for net in nets]
+
+    def apply(params, x):
+        for net, p in zip(nets, params):
+            x = net.apply(p, x)
+        return x
+
+    def check(params, x):
+        _check_list(params, len(nets), "entries, one per serial layer")
+        for i, (net, p) in enumerate(zip(nets, params)):
+            try:
+                net.check(p, x)
+                x = _meta_apply(net.apply, p, x)
+            except ValueError as error:
+                raise ValueError(f"serial layer {i}: {error}") from None
+            if x is None:  # this layer runs ops with no meta kernel: later inputs are unknown
+                return
+
+    return Network(init=init_fn, apply=apply, check=check)
+
+
+def eval_shape(model: Network | Callable[[PyTree, Tensor], Tensor], params: PyTree, x: Tensor) -> torch.Size:
+    """The shape of `model(params, x)`, traced on meta tensors: no arithmetic, no memory (it
+    runs the model for real only if some op has no meta kernel).
+
+    Args:
+        model: a Network or any `apply(params, x)`.
+        params, x: as `model` takes them, on any device.
+    Returns:
+        The output's shape, e.g. to check targets against with `losses.check`.
+    """
+    apply = model.apply if isinstance(model, Network) else model
+    out = _meta_apply(apply, params, x)
+    return apply(params, x).shape if out is None else out.shape
+
+
+def _meta_apply(apply: Callable, params: PyTree, x: Tensor) -> Tensor | None:
+    """apply(params, x) on meta copies, or None when an op has no meta kernel.
+
+    A shape mismatch becomes a ValueError naming x's shape and torch's reason.
+    """
+    meta = lambda t: t.to("meta") if isinstance(t, Tensor) else t
+    try:
+        return apply(tree_map(meta, params), meta(x))
+    except NotImplementedError:
+        return None
+    except RuntimeError as error:
+        raise ValueError(f"input of shape {tuple(x.shape)} does not fit: {error}") from None
+
+
+def _as_network(layer: Any, index: int) -> Network:
+    if isinstance(layer, Network):
+        return layer
+    if isinstance(layer, torch.nn.Module):
+        raise TypeError(
+            f"serial layer {index} is a torch.nn.Module ({type(layer).__name__}); wrap it first: "
+            "net, params = interop.from_module(module), then pass net."
+        )
+    if isinstance(layer, tuple) and len(layer) == 2 and all(callable(f) for f in layer):
+        return Network(init=layer[0], apply=layer[1])
+    if isinstance(layer, str) or callable(layer):
+        act = get_activation(layer)
+        return Network(init=lambda *_, **__: {}, apply=lambda params, x: act(x), check=_check_no_params)
+    raise TypeError(
+        f"serial layer {index} must be a Network, an (init, apply) pair or an activation, got "
+        f"{type(layer).__name__}: {layer!r}."
+    )
+
+
+def _check_no_params(params: PyTree, x: Tensor) -> None:
+    if not isinstance(params, dict) or params:
+        raise ValueError(f"an activation layer has no params, so its entry must be {{}}, got {params!r}.")
+
+
+def _check_list(params: PyTree, length: int, entries: str) -> None:
+    if isinstance(params, (list, tuple)) and len(params) == length:
+        return
+    given = f"a {type(params).__name__}" + (f" of {len(params)}" if isinstance(params, (list, tuple)) else "")
+    raise ValueError(
+        f"params must be a list of {length} {entries}, got {given}; "
+        "use the params made by this network's init."
+    )
 
 
 def _check_sizes(sizes: Sequence[int]) -> tuple[int, ...]:
@@ -98,35 +228,31 @@ def _check_sizes(sizes: Sequence[int]) -> tuple[int, ...]:
     return sizes
 
 
-def _layer_shapes(sizes: tuple[int, ...], bias: bool) -> list[dict[str, tuple[int, ...]]]:
-    shapes = []
-    for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
-        layer = {"weight": (fan_out, fan_in)}
-        if bias:
-            layer["bias"] = (fan_out,)
-        shapes.append(layer)
-    return shapes
+def _linear_shapes(fan_in: int, fan_out: int, bias: bool) -> dict[str, tuple[int, ...]]:
+    return {"weight": (fan_out, fan_in), "bias": (fan_out,)} if bias else {"weight": (fan_out, fan_in)}
 
 
-def _check_layers(params: PyTree, shapes: list[dict[str, tuple[int, ...]]]) -> None:
-    """Raise ValueError naming the first layer whose keys or shapes differ from `shapes`."""
-    if not isinstance(params, (list, tuple)) or len(params) != len(shapes):
-        given = f"a {type(params).__name__} of {len(params)}" if isinstance(params, (list, tuple)) else repr(type(params))
+def _check_linear(layer: PyTree, expected: dict[str, tuple[int, ...]], where: str) -> None:
+    """Raise ValueError, naming `where`, when the keys or shapes of `layer` differ from `expected`."""
+    keys = sorted(layer) if isinstance(layer, dict) else None
+    if keys != sorted(expected):
         raise ValueError(
-            f"params must be a list of {len(shapes)} layer dicts, got {given}; "
-            "use the params made by this network's init."
+            f"{where} has keys {keys}, expected {sorted(expected)}; "
+            "check the bias setting of the network that made these params."
         )
-    for i, (layer, expected) in enumerate(zip(params, shapes)):
-        keys = sorted(layer) if isinstance(layer, dict) else None
-        if keys != sorted(expected):
+    for key, shape in expected.items():
+        given = tuple(layer[key].shape)
+        if given != shape:
             raise ValueError(
-                f"params[{i}] (layer {i}) has keys {keys}, expected {sorted(expected)}; "
-                "check the bias setting of the network that made these params."
+                f"{where}[{key!r}] has shape {given}, expected {shape}; "
+                "these params belong to a network of other sizes."
             )
-        for key, shape in expected.items():
-            given = tuple(layer[key].shape)
-            if given != shape:
-                raise ValueError(
-                    f"params[{i}][{key!r}] (layer {i}) has shape {given}, expected {shape}; "
-                    "these params belong to a network of other sizes."
-                )
+
+
+def _check_features(x: Tensor, features: int) -> None:
+    if x.ndim < 1 or x.shape[-1] != features:
+        raise ValueError(
+            f"x has shape {tuple(x.shape)}, but the first layer expects {features} features "
+            f"in its last dimension: pass x of shape (N, {features}), or build the network for "
+            f"{x.shape[-1] if x.ndim else 'x.shape[-1]'} input features."
+        )

@@ -4,6 +4,9 @@ Each function takes lists of same-shaped tensors and returns a new list; nothing
 `torch._foreach_*` ops run one kernel over a whole list, but have no vmap batching rule, so inside
 a functorch transform (vmap, grad) each function falls back to one op per tensor. Both paths
 compute the same thing with the same ops; tests check that they agree.
+
+A scalar operand `s` may be a number or a 0-d tensor (a step size, a bias correction, a learning
+rate batched by vmap); 0-d tensors do not promote the lists' dtype.
 """
 
 from __future__ import annotations
@@ -12,14 +15,24 @@ import torch
 from torch import Tensor
 
 _is_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
+_is_batched = torch._C._functorch.is_batchedtensor
+
+Scalar = float | Tensor
 
 
 def multi_tensor(tensors: list[Tensor]) -> bool:
     """Whether the multi-tensor kernels apply to `tensors` (not inside vmap or grad)."""
     if not tensors:
         return False
-    # dynamo cannot trace _is_wrapped, and traces _foreach ops into fused kernels itself.
-    return torch.compiler.is_compiling() or not _is_wrapped(tensors[0])
+    if torch.compiler.is_compiling():
+        # dynamo cannot trace _is_wrapped, but can trace _is_batched: compiling a vmapped update
+        # (an ensemble) must still take the per-tensor path.
+        return not _is_batched(tensors[0])
+    return not _is_wrapped(tensors[0])
+
+
+def _pairs(a: list[Tensor], b: list[Tensor] | Scalar) -> list:
+    return b if isinstance(b, list) else [b] * len(a)
 
 
 def add(a: list[Tensor], b: list[Tensor], alpha: float = 1.0) -> list[Tensor]:
@@ -29,11 +42,25 @@ def add(a: list[Tensor], b: list[Tensor], alpha: float = 1.0) -> list[Tensor]:
     return [torch.add(x, y, alpha=alpha) for x, y in zip(a, b)]
 
 
-def mul(a: list[Tensor], s: float | Tensor) -> list[Tensor]:
-    """a * s, for a number or a 0-d tensor s."""
+def add_scalar(a: list[Tensor], s: Scalar) -> list[Tensor]:
+    """a + s."""
     if multi_tensor(a):
-        return torch._foreach_mul(a, s)
-    return [torch.mul(x, s) for x in a]
+        return torch._foreach_add(a, s)
+    return [torch.add(x, s) for x in a]
+
+
+def mul(a: list[Tensor], b: list[Tensor] | Scalar) -> list[Tensor]:
+    """a * b, for a list b or a scalar."""
+    if multi_tensor(a):
+        return torch._foreach_mul(a, b)
+    return [torch.mul(x, y) for x, y in zip(a, _pairs(a, b))]
+
+
+def div(a: list[Tensor], b: list[Tensor] | Scalar) -> list[Tensor]:
+    """a / b, for a list b or a scalar."""
+    if multi_tensor(a):
+        return torch._foreach_div(a, b)
+    return [torch.div(x, y) for x, y in zip(a, _pairs(a, b))]
 
 
 def lerp(a: list[Tensor], b: list[Tensor], weight: float) -> list[Tensor]:
@@ -50,14 +77,6 @@ def addcmul(a: list[Tensor], b: list[Tensor], c: list[Tensor], value: float = 1.
     return [torch.addcmul(x, y, z, value=value) for x, y, z in zip(a, b, c)]
 
 
-def div(a: list[Tensor], b: list[Tensor] | Tensor | float) -> list[Tensor]:
-    """a / b, for a list b, a 0-d tensor or a number."""
-    if multi_tensor(a):
-        return torch._foreach_div(a, b)
-    bs = b if isinstance(b, list) else [b] * len(a)
-    return [torch.div(x, y) for x, y in zip(a, bs)]
-
-
 def sqrt(a: list[Tensor]) -> list[Tensor]:
     """Element-wise square root."""
     if multi_tensor(a):
@@ -65,11 +84,11 @@ def sqrt(a: list[Tensor]) -> list[Tensor]:
     return [torch.sqrt(x) for x in a]
 
 
-def add_scalar(a: list[Tensor], s: float) -> list[Tensor]:
-    """a + s, for a number s."""
+def abs(a: list[Tensor]) -> list[Tensor]:  # noqa: A001 - mirrors torch._foreach_abs
+    """Element-wise |a|."""
     if multi_tensor(a):
-        return torch._foreach_add(a, s)
-    return [torch.add(x, s) for x in a]
+        return torch._foreach_abs(a)
+    return [torch.abs(x) for x in a]
 
 
 def maximum(a: list[Tensor], b: list[Tensor]) -> list[Tensor]:
@@ -77,3 +96,22 @@ def maximum(a: list[Tensor], b: list[Tensor]) -> list[Tensor]:
     if multi_tensor(a):
         return torch._foreach_maximum(a, b)
     return [torch.maximum(x, y) for x, y in zip(a, b)]
+
+
+def clamp(a: list[Tensor], low: float, high: float) -> list[Tensor]:
+    """Element-wise min(max(a, low), high)."""
+    if multi_tensor(a):
+        return torch._foreach_clamp_max(torch._foreach_clamp_min(a, low), high)
+    return [torch.clamp(x, low, high) for x in a]
+
+
+def norm(a: list[Tensor]) -> list[Tensor]:
+    """The 2-norm of each tensor, as a list of 0-d tensors."""
+    if multi_tensor(a):
+        return list(torch._foreach_norm(a))
+    return [torch.linalg.vector_norm(x) for x in a]
+
+
+def where(condition: Tensor, a: list[Tensor], b: list[Tensor]) -> list[Tensor]:
+    """a where `condition` (a 0-d bool tensor) holds, else b; no multi-tensor kernel exists."""
+    return [torch.where(condition, x, y) for x, y in zip(a, b)]

@@ -1,40 +1,48 @@
-"""Optimizers with torch.optim's names, defaults and numerics, composed from `transforms`.
+"""Optimizers with torch.optim's names, defaults and numerics, composed from the transforms.
 
-Hyper-parameters are validated when the optimizer is built, as torch.optim does.
+Each alias is `chain(head, direction, [decoupled decay], scale_by_learning_rate(lr))`, where the head
+is what torch.optim does to the raw gradient first (negate when maximizing, then add L2 decay).
+Hyper-parameters are validated when the optimizer is built, as torch.optim does; `lr` may be a
+number, a 0-d tensor (e.g. batched by vmap: one learning rate per model) or a schedule.
 """
 
 from __future__ import annotations
 
-from torch import Tensor
+import torch
 
+from ._checks import non_negative, number
+from .adaptive import (
+    scale_by_adam,
+    scale_by_adamax,
+    scale_by_nadam,
+    scale_by_radam,
+    scale_by_rms,
+    scale_by_rss,
+)
 from .base import GradientTransformation, chain
-from .transforms import add_decayed_weights, scale, scale_by_adam, scale_by_learning_rate, trace
+from .transforms import Schedule, add_decayed_weights, as_schedule, scale, scale_by_learning_rate, trace
+
+LearningRate = float | torch.Tensor | Schedule
 
 
-def _check_non_negative(name: str, value: float, what: str) -> None:
-    if isinstance(value, Tensor):
-        # A tensor lr may be batched under vmap (fit_ensemble's per-model lrs), where a check would
-        # branch on its value; whoever made the tensor checks it (fit_ensemble does, eagerly).
-        return
-    if not value >= 0.0:  # also rejects NaN
-        raise ValueError(f"Invalid {what}: {value} ({name} must be >= 0).")
+def _betas(betas: tuple[float, float]) -> tuple[float, float]:
+    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+        raise ValueError(f"Invalid betas: {betas!r} (expected a pair (beta1, beta2), e.g. (0.9, 0.999)).")
+    for i, b in enumerate(betas):
+        number(f"betas[{i}]", b, "a number in [0, 1)", lambda v: 0.0 <= v < 1.0)
+    return betas[0], betas[1]
 
 
-def _check_beta(index: int, value: float) -> None:
-    if not 0.0 <= value < 1.0:
-        raise ValueError(f"Invalid beta parameter at index {index}: {value} (must be in [0, 1)).")
-
-
-def _head(maximize: bool, weight_decay: float) -> list[GradientTransformation]:
-    """The transforms torch.optim applies to the raw gradient first: negate, then add L2 decay."""
-    head = [scale(-1.0)] if maximize else []
-    if weight_decay != 0.0:
-        head.append(add_decayed_weights(weight_decay))
-    return head
+def _parts(maximize: bool, weight_decay: float, *direction, decoupled: bool = False) -> list:
+    """torch.optim's order: negate the gradient when maximizing, add L2 decay, take the direction,
+    then add the decoupled decay (AdamW's) when `decoupled`, before the learning rate scales all."""
+    sign = [scale(-1.0)] if maximize else []
+    decay = [add_decayed_weights(weight_decay)] if weight_decay != 0.0 else []
+    return sign + ([] if decoupled else decay) + list(direction) + (decay if decoupled else [])
 
 
 def sgd(
-    lr: float = 1e-3,
+    lr: LearningRate = 1e-3,
     momentum: float = 0.0,
     dampening: float = 0.0,
     weight_decay: float = 0.0,
@@ -47,23 +55,58 @@ def sgd(
     g_t <- -g_t if maximize;  g_t <- g_t + weight_decay * p;
     b_1 = g_1, b_t = momentum * b_{t-1} + (1 - dampening) * g_t  (when momentum != 0);
     g_t <- g_t + momentum * b_t if nesterov else b_t;  p <- p - lr * g_t.
+
+    Args:
+        lr, momentum, dampening, weight_decay, nesterov, maximize: as torch.optim.SGD's,
+            with its defaults; lr may also be a 0-d tensor (one per model under vmap) or a
+            schedule.
+    Returns:
+        A GradientTransformation whose state holds the momentum buffer (when momentum != 0) and
+        the learning rate.
     """
-    _check_non_negative("lr", lr, "learning rate")
-    _check_non_negative("momentum", momentum, "momentum value")
-    _check_non_negative("weight_decay", weight_decay, "weight_decay value")
+    non_negative(momentum=momentum, weight_decay=weight_decay)
+    number("dampening", dampening, "a number", lambda v: v == v)
     if nesterov and (momentum <= 0.0 or dampening != 0.0):
         raise ValueError(
-            f"Nesterov momentum requires a momentum and zero dampening, got momentum={momentum}, "
-            f"dampening={dampening}."
+            f"Nesterov momentum requires momentum > 0 and dampening == 0, got momentum={momentum}, "
+            f"dampening={dampening}; set them so, or nesterov=False."
         )
-    parts = _head(maximize, weight_decay)
-    if momentum != 0.0:
-        parts.append(trace(momentum, dampening, nesterov))
-    return chain(*parts, scale_by_learning_rate(lr))
+    direction = [trace(momentum, dampening, nesterov)] if momentum != 0.0 else []
+    return chain(*_parts(maximize, weight_decay, *direction), scale_by_learning_rate(lr))
+
+
+def rmsprop(
+    lr: LearningRate = 1e-2,
+    alpha: float = 0.99,
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    momentum: float = 0.0,
+    centered: bool = False,
+    *,
+    maximize: bool = False,
+) -> GradientTransformation:
+    """RMSprop, as torch.optim.RMSprop.
+
+    g_t <- -g_t if maximize;  g_t <- g_t + weight_decay * p;
+    v_t = alpha v_{t-1} + (1 - alpha) g_t^2;  d_t = g_t / (sqrt(v_t - m_t^2 if centered else v_t) + eps),
+    m_t = lerp(m_{t-1}, g_t, 1 - alpha);  b_t = momentum b_{t-1} + d_t if momentum > 0 else d_t;
+    p <- p - lr * b_t.
+
+    Args:
+        lr, alpha, eps, weight_decay, momentum, centered, maximize: as
+            torch.optim.RMSprop's, with its defaults; lr may also be a 0-d tensor (one per
+            model under vmap) or a schedule.
+    Returns:
+        A GradientTransformation whose state holds the mean square (and mean) of the grads, the
+        momentum buffer and the learning rate.
+    """
+    non_negative(alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum)
+    direction = [scale_by_rms(alpha, eps, centered)] + ([trace(momentum)] if momentum > 0.0 else [])
+    return chain(*_parts(maximize, weight_decay, *direction), scale_by_learning_rate(lr))
 
 
 def adam(
-    lr: float = 1e-3,
+    lr: LearningRate = 1e-3,
     betas: tuple[float, float] = (0.9, 0.999),
     eps: float = 1e-8,
     weight_decay: float = 0.0,
@@ -77,14 +120,166 @@ def adam(
     m_t = b1 m_{t-1} + (1 - b1) g_t;  v_t = b2 v_{t-1} + (1 - b2) g_t^2;
     v_t <- max(vmax_{t-1}, v_t) if amsgrad;
     p <- p - lr * m_t / (1 - b1^t) / (sqrt(v_t) / sqrt(1 - b2^t) + eps).
+
+    Args:
+        lr, betas, eps, weight_decay, amsgrad, maximize: as torch.optim.Adam's, with its
+            defaults; lr may also be a 0-d tensor (one per model under vmap) or a schedule.
+    Returns:
+        A GradientTransformation whose state holds the step count and both moments (and their
+        max with amsgrad) and the learning rate.
     """
-    _check_non_negative("lr", lr, "learning rate")
-    _check_non_negative("eps", eps, "epsilon value")
-    _check_beta(0, betas[0])
-    _check_beta(1, betas[1])
-    _check_non_negative("weight_decay", weight_decay, "weight_decay value")
-    return chain(
-        *_head(maximize, weight_decay),
-        scale_by_adam(betas[0], betas[1], eps, amsgrad),
-        scale_by_learning_rate(lr),
-    )
+    b1, b2 = _betas(betas)
+    non_negative(eps=eps, weight_decay=weight_decay)
+    direction = scale_by_adam(b1, b2, eps, amsgrad)
+    return chain(*_parts(maximize, weight_decay, direction), scale_by_learning_rate(lr))
+
+
+def adamw(
+    lr: LearningRate = 1e-3,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    weight_decay: float = 1e-2,
+    amsgrad: bool = False,
+    *,
+    maximize: bool = False,
+) -> GradientTransformation:
+    """AdamW (Loshchilov & Hutter 2019), as torch.optim.AdamW: decay decoupled from the gradient.
+
+    d_t = Adam's direction of (-g_t if maximize else g_t), without weight decay;
+    p <- p - lr * (d_t + weight_decay * p)   (torch: p <- p (1 - lr weight_decay) - lr d_t).
+
+    Args:
+        lr, betas, eps, weight_decay, amsgrad, maximize: as torch.optim.AdamW's, with its
+            defaults; lr may also be a 0-d tensor (one per model under vmap) or a schedule.
+    Returns:
+        A GradientTransformation whose state holds the step count and both moments (and their
+        max with amsgrad) and the learning rate.
+    """
+    b1, b2 = _betas(betas)
+    non_negative(eps=eps, weight_decay=weight_decay)
+    direction = scale_by_adam(b1, b2, eps, amsgrad)
+    return chain(*_parts(maximize, weight_decay, direction, decoupled=True), scale_by_learning_rate(lr))
+
+
+def adagrad(
+    lr: LearningRate = 1e-2,
+    lr_decay: float = 0.0,
+    weight_decay: float = 0.0,
+    initial_accumulator_value: float = 0.0,
+    eps: float = 1e-10,
+    *,
+    maximize: bool = False,
+) -> GradientTransformation:
+    """Adagrad, as torch.optim.Adagrad.
+
+    g_t <- -g_t if maximize;  g_t <- g_t + weight_decay * p;  s_t = s_{t-1} + g_t^2,
+    s_0 = initial_accumulator_value;  p <- p - lr / (1 + (t - 1) lr_decay) * g_t / (sqrt(s_t) + eps).
+    The decayed rate is the optimizer's learning rate: `current_lr` reports it.
+
+    Args:
+        lr, lr_decay, weight_decay, initial_accumulator_value, eps, maximize: as
+            torch.optim.Adagrad's, with its defaults; lr may also be a 0-d tensor (one per
+            model under vmap) or a schedule.
+    Returns:
+        A GradientTransformation whose state holds the sum of squared grads and the learning
+        rate.
+    """
+    non_negative(lr_decay=lr_decay, weight_decay=weight_decay, eps=eps)
+    non_negative(initial_accumulator_value=initial_accumulator_value)
+    if lr_decay != 0.0:
+        lr = _inverse_time_decay(as_schedule(lr), lr_decay)
+    direction = scale_by_rss(initial_accumulator_value, eps)
+    return chain(*_parts(maximize, weight_decay, direction), scale_by_learning_rate(lr))
+
+
+def _inverse_time_decay(schedule: Schedule, lr_decay: float) -> Schedule:
+    """count -> schedule(count) / (1 + count * lr_decay), rounded as torch's Python floats."""
+    return lambda count: schedule(count) / (1.0 + count.to(torch.float64) * lr_decay)
+
+
+def adamax(
+    lr: LearningRate = 2e-3,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    *,
+    maximize: bool = False,
+) -> GradientTransformation:
+    """Adamax, as torch.optim.Adamax.
+
+    g_t <- -g_t if maximize;  g_t <- g_t + weight_decay * p;
+    m_t = lerp(m_{t-1}, g_t, 1 - b1);  u_t = max(b2 u_{t-1}, |g_t| + eps);
+    p <- p - lr / (1 - b1^t) * m_t / u_t.
+
+    Args:
+        lr, betas, eps, weight_decay, maximize: as torch.optim.Adamax's, with its defaults;
+            lr may also be a 0-d tensor (one per model under vmap) or a schedule.
+    Returns:
+        A GradientTransformation whose state holds the step count, the first moment and the
+        infinity norm and the learning rate.
+    """
+    b1, b2 = _betas(betas)
+    non_negative(eps=eps, weight_decay=weight_decay)
+    direction = scale_by_adamax(b1, b2, eps)
+    return chain(*_parts(maximize, weight_decay, direction), scale_by_learning_rate(lr))
+
+
+def nadam(
+    lr: LearningRate = 2e-3,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    momentum_decay: float = 4e-3,
+    decoupled_weight_decay: bool = False,
+    *,
+    maximize: bool = False,
+) -> GradientTransformation:
+    """NAdam, as torch.optim.NAdam (NAdamW with decoupled_weight_decay=True).
+
+    g_t <- -g_t if maximize;  g_t <- g_t + weight_decay * p unless decoupled;
+    d_t = NAdam's direction (see `scale_by_nadam`);
+    p <- p - lr * (d_t + weight_decay * p if decoupled else d_t).
+
+    Args:
+        lr, betas, eps, weight_decay, momentum_decay, decoupled_weight_decay, maximize: as
+            torch.optim.NAdam's, with its defaults; lr may also be a 0-d tensor (one per
+            model under vmap) or a schedule.
+    Returns:
+        A GradientTransformation whose state holds the step count, the momentum product and both
+        moments and the learning rate.
+    """
+    b1, b2 = _betas(betas)
+    non_negative(eps=eps, weight_decay=weight_decay, momentum_decay=momentum_decay)
+    direction = scale_by_nadam(b1, b2, eps, momentum_decay)
+    parts = _parts(maximize, weight_decay, direction, decoupled=decoupled_weight_decay)
+    return chain(*parts, scale_by_learning_rate(lr))
+
+
+def radam(
+    lr: LearningRate = 1e-3,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    decoupled_weight_decay: bool = False,
+    *,
+    maximize: bool = False,
+) -> GradientTransformation:
+    """RAdam, as torch.optim.RAdam (RAdamW with decoupled_weight_decay=True).
+
+    g_t <- -g_t if maximize;  g_t <- g_t + weight_decay * p unless decoupled;
+    d_t = RAdam's rectified direction (see `scale_by_radam`);
+    p <- p - lr * (d_t + weight_decay * p if decoupled else d_t).
+
+    Args:
+        lr, betas, eps, weight_decay, decoupled_weight_decay, maximize: as
+            torch.optim.RAdam's, with its defaults; lr may also be a 0-d tensor (one per
+            model under vmap) or a schedule.
+    Returns:
+        A GradientTransformation whose state holds the step count and both moments and the
+        learning rate.
+    """
+    b1, b2 = _betas(betas)
+    non_negative(eps=eps, weight_decay=weight_decay)
+    direction = scale_by_radam(b1, b2, eps)
+    parts = _parts(maximize, weight_decay, direction, decoupled=decoupled_weight_decay)
+    return chain(*parts, scale_by_learning_rate(lr))

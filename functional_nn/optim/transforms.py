@@ -1,12 +1,15 @@
 """Gradient transformations, the building blocks of the optimizers in `aliases.py`.
 
-Each factory returns a `GradientTransformation`; the arithmetic runs over the list of leaves with
-the multi-tensor ops of `_foreach`, in torch.optim's op order. Step counts are 0-d int64 tensors on
-the params' device, so nothing here syncs with the host.
+Each factory returns a `GradientTransformation` written over the flat list of leaves (see
+`base.leafwise`); the arithmetic runs with the multi-tensor ops of `_foreach`, in torch.optim's op
+order. Step counts are 0-d int64 tensors on the params' device, and everything derived from them
+(bias corrections, scheduled learning rates) is a float64 0-d tensor there, so nothing syncs with
+the host and the scalars are rounded as torch.optim rounds its Python floats.
 """
 
 from __future__ import annotations
 
+import numbers
 from typing import NamedTuple
 
 import torch
@@ -14,7 +17,6 @@ from torch import Tensor
 
 from .._pytree import (
     PyTree,
-    assert_same_structure,
     register_namedtuple,
     tree_flatten,
     tree_leaves,
@@ -22,52 +24,158 @@ from .._pytree import (
     zeros_like,
 )
 from . import _foreach
-from .base import EmptyState, GradientTransformation
+from ._checks import number
+from .base import EmptyState, GradientTransformation, checked_leaves, leafwise, param_leaves
+from .schedules import Schedule
 
 
-def _zero_count(params: PyTree) -> Tensor:
+def zero_count(params: PyTree) -> Tensor:
+    """A 0-d int64 zero on the device of the first leaf of `params`: a fresh step count."""
     leaves = tree_leaves(params)
-    device = leaves[0].device if leaves else None
-    return torch.zeros((), dtype=torch.int64, device=device)
+    return torch.zeros((), dtype=torch.int64, device=leaves[0].device if leaves else None)
 
 
-def _check_grads(grads: PyTree, like: PyTree) -> None:
-    """Raise ValueError, showing both trees, when grads do not fit the tree the state was made for."""
-    if tree_flatten(grads)[1] != tree_flatten(like)[1]:
-        assert_same_structure(grads, like, "grads", "the optimizer state (made from params)")
+def _stateless(update_leaves) -> GradientTransformation:
+    return leafwise(lambda params: EmptyState(), update_leaves)
 
 
 def scale(factor: float) -> GradientTransformation:
-    """updates = factor * grads."""
+    """updates = factor * grads (factor -1 turns descent into ascent: `maximize`).
 
-    def init(params):
-        return EmptyState()
-
-    def update(grads, state, params=None):
-        g, spec = tree_flatten(grads)
-        return tree_unflatten(_foreach.mul(g, factor), spec), state
-
-    return GradientTransformation(init, update)
-
-
-def scale_by_learning_rate(lr: float) -> GradientTransformation:
-    """updates = -lr * grads: the descent step, sign included."""
-    return scale(-lr)
+    Args:
+        factor: a number.
+    Returns:
+        A stateless GradientTransformation; updates have the grads' tree and shapes.
+    """
+    return _stateless(lambda g, state, p, spec: (_foreach.mul(g, factor), state))
 
 
 def add_decayed_weights(weight_decay: float) -> GradientTransformation:
-    """updates = grads + weight_decay * params (L2 regularisation, as torch.optim's weight_decay)."""
+    """updates = grads + weight_decay * params: L2 decay as torch.optim's weight_decay, or the
+    decoupled decay of AdamW when placed after the adaptive scaling.
+
+    Args:
+        weight_decay: a number; `update` must then be given the params.
+    Returns:
+        A stateless GradientTransformation.
+    """
+
+    def update_leaves(g, state, params, spec):
+        p = param_leaves(params, g, spec, "add_decayed_weights")
+        return _foreach.add(g, p, alpha=weight_decay), state
+
+    return _stateless(update_leaves)
+
+
+def clip_by_global_norm(max_norm: float) -> GradientTransformation:
+    """Scale all grads by min(1, max_norm / (||g|| + 1e-6)), ||g|| the 2-norm of all leaves
+    together: the result of `torch.nn.utils.clip_grad_norm_`.
+
+    Args:
+        max_norm: a number >= 0.
+    Returns:
+        A stateless GradientTransformation.
+    """
+    number("max_norm", max_norm, "a number >= 0")
+
+    def update_leaves(g, state, p, spec):
+        if not g:
+            return g, state
+        total = torch.linalg.vector_norm(torch.stack(_foreach.norm(g)))
+        return _foreach.mul(g, torch.clamp(max_norm / (total + 1e-6), max=1.0)), state
+
+    return _stateless(update_leaves)
+
+
+def clip_by_value(clip_value: float) -> GradientTransformation:
+    """Clamp every gradient entry into [-clip_value, clip_value], as
+    `torch.nn.utils.clip_grad_value_`.
+
+    Args:
+        clip_value: a number >= 0.
+    Returns:
+        A stateless GradientTransformation.
+    """
+    number("clip_value", clip_value, "a number >= 0")
+    return _stateless(lambda g, state, p, spec: (_foreach.clamp(g, -clip_value, clip_value), state))
+
+
+@register_namedtuple
+class ScaleByLearningRateState(NamedTuple):
+    """State of `scale_by_learning_rate`: updates done, and the learning rate of the next one
+    (float64, 0-d; what torch's `scheduler.get_last_lr()` reports)."""
+
+    count: Tensor
+    lr: Tensor
+
+
+def scale_by_learning_rate(lr: float | Tensor | Schedule) -> GradientTransformation:
+    """updates = -lr_t * grads: the descent step, sign included.
+
+    Args:
+        lr: a number >= 0; a 0-d tensor, used as a multiplier and never inspected, so it may be
+            batched by vmap (one learning rate per model); or a schedule, `count -> lr` with
+            `count` the 0-d int64 number of updates done (see `schedules`).
+    Returns:
+        A GradientTransformation with a ScaleByLearningRateState.
+    """
+    schedule = as_schedule(lr)
 
     def init(params):
-        return EmptyState()
+        count = zero_count(params)
+        return ScaleByLearningRateState(count, _float64(schedule(count), count))
 
-    def update(grads, state, params=None):
-        if params is None:
-            raise ValueError("add_decayed_weights needs params: call update(grads, state, params).")
-        g, spec = tree_flatten(grads)
-        return tree_unflatten(_foreach.add(g, tree_leaves(params), alpha=weight_decay), spec), state
+    def update_leaves(g, state, p, spec):
+        count = state.count + 1
+        if isinstance(lr, numbers.Real):  # the Python float, exactly as torch's alpha=-lr
+            step_lr, next_lr = lr, torch.full_like(state.lr, lr)
+        else:
+            step_lr, next_lr = _float64(schedule(state.count), count), _float64(schedule(count), count)
+        return _foreach.mul(g, -step_lr), ScaleByLearningRateState(count, next_lr)
 
-    return GradientTransformation(init, update)
+    return leafwise(init, update_leaves)
+
+
+def current_lr(state: PyTree) -> Tensor:
+    """The learning rate the next update of an optimizer will use.
+
+    Args:
+        state: the state of an optimizer with one `scale_by_learning_rate` in it (every alias).
+    Returns:
+        A float64 0-d tensor on the params' device (batched like the state under vmap).
+    """
+    is_lr = lambda s: isinstance(s, ScaleByLearningRateState)  # noqa: E731
+    found = [s for s in tree_leaves(state, is_leaf=is_lr) if is_lr(s)]
+    if len(found) != 1:
+        raise ValueError(
+            f"current_lr needs a state with exactly one scale_by_learning_rate in it, found "
+            f"{len(found)}; pass the state of an optimizer such as optim.adam(...)."
+        )
+    return found[0].lr
+
+
+def as_schedule(lr: float | Tensor | Schedule) -> Schedule:
+    """`lr` as a schedule `count -> lr`, after checking it (see `scale_by_learning_rate`)."""
+    if isinstance(lr, bool) or not isinstance(lr, (numbers.Real, Tensor)) and not callable(lr):
+        raise TypeError(
+            f"lr must be a number, a 0-d tensor or a schedule (count -> lr), got "
+            f"{type(lr).__name__}: {lr!r}."
+        )
+    if isinstance(lr, numbers.Real):
+        number("lr", lr, "a number >= 0 (use maximize=True to ascend)")
+        return lambda count: torch.full_like(count, lr, dtype=torch.float64)
+    if isinstance(lr, Tensor):
+        if lr.ndim != 0 or not lr.is_floating_point():
+            raise ValueError(
+                f"A tensor lr must be a 0-d floating tensor, got shape {tuple(lr.shape)} and dtype "
+                f"{lr.dtype}; use one learning rate per optimizer (vmap gives one per model)."
+            )
+        return lambda count: lr
+    return lr
+
+
+def _float64(value, count: Tensor) -> Tensor:
+    return torch.as_tensor(value, dtype=torch.float64, device=count.device)
 
 
 @register_namedtuple
@@ -79,77 +187,31 @@ class TraceState(NamedTuple):
 
 
 def trace(momentum: float, dampening: float = 0.0, nesterov: bool = False) -> GradientTransformation:
-    """torch.optim.SGD's momentum.
+    """torch.optim.SGD's momentum (RMSprop's too, with dampening 0).
 
     b_1 = g_1;  b_t = momentum * b_{t-1} + (1 - dampening) * g_t;
     updates = g_t + momentum * b_t if nesterov else b_t.
     The first step ignores dampening, as torch does.
+
+    Args:
+        momentum, dampening, nesterov: torch.optim.SGD's.
+    Returns:
+        A GradientTransformation with a TraceState.
     """
 
     def init(params):
-        return TraceState(_zero_count(params), zeros_like(params))
+        return TraceState(zero_count(params), zeros_like(params))
 
-    def update(grads, state, params=None):
-        _check_grads(grads, state.momentum_buffer)
-        g, spec = tree_flatten(grads)
-        buf = _foreach.mul(tree_leaves(state.momentum_buffer), momentum)
+    def update_leaves(g, state, p, spec):
+        buf = _foreach.mul(checked_leaves(state.momentum_buffer, g, spec), momentum)
         if dampening == 0.0:
             buf = _foreach.add(buf, g)  # b_0 = 0, so the first step gives b_1 = g exactly
         else:
             # 1 on the first step, 1 - dampening after: a tensor, so no host sync decides it.
-            # In float64, then cast, as torch rounds the Python float 1 - dampening.
-            keep = (1.0 - dampening * (state.count > 0).to(torch.float64)).to(g[0].dtype)
+            # In float64, as torch rounds the Python float 1 - dampening (the op casts it).
+            keep = 1.0 - dampening * (state.count > 0).to(torch.float64)
             buf = _foreach.add(buf, _foreach.mul(g, keep))
         out = _foreach.add(g, buf, alpha=momentum) if nesterov else buf
-        return tree_unflatten(out, spec), TraceState(state.count + 1, tree_unflatten(buf, spec))
+        return out, TraceState(state.count + 1, tree_unflatten(buf, spec))
 
-    return GradientTransformation(init, update)
-
-
-@register_namedtuple
-class ScaleByAdamState(NamedTuple):
-    """State of `scale_by_adam`: step count, first and second moments, and the running max of the
-    second moment (`None` unless amsgrad)."""
-
-    count: Tensor
-    mu: PyTree
-    nu: PyTree
-    nu_max: PyTree | None
-
-
-def scale_by_adam(
-    b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, amsgrad: bool = False
-) -> GradientTransformation:
-    """Adam's direction, with torch.optim.Adam's arithmetic.
-
-    m_t = lerp(m_{t-1}, g_t, 1 - b1);  v_t = b2 v_{t-1} + (1 - b2) g_t^2;
-    vmax_t = max(vmax_{t-1}, v_t) if amsgrad (the raw moment, before bias correction);
-    updates = m_t / (1 - b1^t) / (sqrt(v_t) / sqrt(1 - b2^t) + eps).
-    The bias corrections are computed in float64, as torch computes them in Python floats.
-    """
-
-    def init(params):
-        nu_max = zeros_like(params) if amsgrad else None
-        return ScaleByAdamState(_zero_count(params), zeros_like(params), zeros_like(params), nu_max)
-
-    def update(grads, state, params=None):
-        _check_grads(grads, state.mu)
-        g, spec = tree_flatten(grads)
-        count = state.count + 1
-        mu = _foreach.lerp(tree_leaves(state.mu), g, 1.0 - b1)
-        nu = _foreach.addcmul(_foreach.mul(tree_leaves(state.nu), b2), g, g, 1.0 - b2)
-        nu_max = _foreach.maximum(tree_leaves(state.nu_max), nu) if amsgrad else None
-        step = count.to(torch.float64)
-        bias_correction1 = 1.0 - torch.pow(b1, step)
-        bias_correction2_sqrt = torch.sqrt(1.0 - torch.pow(b2, step))
-        denom = _foreach.add_scalar(_foreach.div(_foreach.sqrt(nu_max or nu), bias_correction2_sqrt), eps)
-        out = _foreach.div(_foreach.div(mu, denom), bias_correction1)
-        new_state = ScaleByAdamState(
-            count,
-            tree_unflatten(mu, spec),
-            tree_unflatten(nu, spec),
-            tree_unflatten(nu_max, spec) if amsgrad else None,
-        )
-        return tree_unflatten(out, spec), new_state
-
-    return GradientTransformation(init, update)
+    return leafwise(init, update_leaves)

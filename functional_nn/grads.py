@@ -1,0 +1,59 @@
+"""Per-example gradients: one gradient per row of x, from `vmap(grad)`.
+
+Each example runs as a batch of one (x[i:i+1], y[i:i+1]), so any network and loss that takes
+batches works unchanged, and a "mean" loss gives each example's own loss.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from ._pytree import PyTree
+from . import losses
+from .losses import Loss, sse
+from .networks import Network, eval_shape
+
+
+def per_example_grads(
+    params: PyTree,
+    x: Tensor,
+    y: Tensor,
+    *,
+    model: Network | Callable[[PyTree, Tensor], Tensor],
+    loss: Loss = sse,
+) -> PyTree:
+    """The gradient of `loss(model(params, x[i:i+1]), y[i:i+1])` for every example i at once.
+
+    Args:
+        params: a pytree of floating tensors.
+        x: (N, ...) inputs; y: (N, ...) targets.
+        model: a Network, or any `apply(params, x) -> pred`.
+        loss: `loss(pred, y) -> 0-d tensor`.
+    Returns:
+        A tree shaped like params with a leading axis of N on every leaf: leaf[i] is example i's
+        gradient. With a "mean" loss over examples, their mean is the full batch's gradient.
+    """
+    for name, t in (("x", x), ("y", y)):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}.")
+    if x.ndim == 0 or y.ndim == 0 or x.shape[0] != y.shape[0]:
+        raise ValueError(
+            f"x and y must have the same number of rows (examples), got x of shape "
+            f"{tuple(x.shape)} and y of shape {tuple(y.shape)}."
+        )
+    if isinstance(model, Network):
+        model.check(params, x)
+    elif not callable(model):
+        raise TypeError(
+            f"model must be a Network or a callable apply(params, x), got {type(model).__name__}."
+        )
+    apply = model.apply if isinstance(model, Network) else model
+    losses.check(loss, eval_shape(apply, params, x), y)
+
+    def example_loss(p, xi, yi):
+        return loss(apply(p, xi.unsqueeze(0)), yi.unsqueeze(0))
+
+    return torch.func.vmap(torch.func.grad(example_loss), in_dims=(None, 0, 0))(params, x, y)

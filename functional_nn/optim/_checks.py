@@ -1,0 +1,30 @@
+"""Eager checks of hyper-parameters: the errors torch.optim raises, naming the value and the range."""
+
+from __future__ import annotations
+
+import numbers
+from typing import Callable
+
+
+def number(
+    name: str, value, expected: str = "a number >= 0", ok: Callable[[float], bool] = lambda v: v >= 0.0
+) -> None:
+    """Raise TypeError unless `value` is a real number, ValueError unless `ok(value)` (NaN never is)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}: {value!r}.")
+    if not ok(value):
+        raise ValueError(f"Invalid {name}: {value} (expected {expected}).")
+
+
+def non_negative(**values: float) -> None:
+    """Check that each keyword's value is a number >= 0."""
+    for name, value in values.items():
+        number(name, value)
+
+
+def integer(name: str, value, minimum: int) -> None:
+    """Raise TypeError unless `value` is an int, ValueError unless it is >= minimum."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}: {value!r}.")
+    if value < minimum:
+        raise ValueError(f"Invalid {name}: {value} (expected an int >= {minimum}).")

@@ -1,0 +1,270 @@
+"""Per-coordinate step sizes: the transforms behind RMSprop, Adagrad and the Adam family.
+
+Each returns a direction without the learning rate (`scale_by_learning_rate` comes after it in the
+aliases), computed in the op order of torch.optim's single-tensor (foreach=False) code. Scalars that
+torch keeps as Python floats (bias corrections, NAdam's momentum schedule, RAdam's rectification)
+are float64 0-d tensors here, derived from the step count without a host sync. Every transform
+returns updates with the grads' tree and shapes; its state holds trees shaped like the params.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from .._pytree import PyTree, register_namedtuple, tree_leaves, tree_map, tree_unflatten, zeros_like
+from . import _foreach
+from .base import GradientTransformation, checked_leaves, leafwise
+from .transforms import zero_count
+
+
+def _steps(count: Tensor) -> Tensor:
+    return count.to(torch.float64)
+
+
+def _moments(g: list[Tensor], state, spec, b1: float, b2: float) -> tuple[list[Tensor], list[Tensor]]:
+    """Adam's moments, as torch updates them: m = lerp(m, g, 1 - b1), v = b2 v + (1 - b2) g^2."""
+    mu = _foreach.lerp(checked_leaves(state.mu, g, spec), g, 1.0 - b1)
+    nu = _foreach.addcmul(_foreach.mul(tree_leaves(state.nu), b2), g, g, 1.0 - b2)
+    return mu, nu
+
+
+@register_namedtuple
+class ScaleByAdamState(NamedTuple):
+    """State of `scale_by_adam`: step count, first and second moments, and the running max of the
+    second moment (the empty tuple unless amsgrad: torch's pytree counts None as a leaf)."""
+
+    count: Tensor
+    mu: PyTree
+    nu: PyTree
+    nu_max: PyTree
+
+
+def scale_by_adam(
+    b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, amsgrad: bool = False
+) -> GradientTransformation:
+    """Adam's direction (Kingma & Ba 2015), with torch.optim.Adam's arithmetic.
+
+    m_t = lerp(m_{t-1}, g_t, 1 - b1);  v_t = b2 v_{t-1} + (1 - b2) g_t^2;
+    vmax_t = max(vmax_{t-1}, v_t) if amsgrad (the raw moment, before bias correction);
+    updates = m_t / (sqrt(v_t) / sqrt(1 - b2^t) + eps) / (1 - b1^t).
+
+    Args:
+        b1, b2, eps, amsgrad: torch.optim.Adam's betas, eps and amsgrad.
+    Returns:
+        A GradientTransformation with a ScaleByAdamState.
+    """
+
+    def init(params):
+        nu_max = zeros_like(params) if amsgrad else ()
+        return ScaleByAdamState(zero_count(params), zeros_like(params), zeros_like(params), nu_max)
+
+    def update_leaves(g, state, params, spec):
+        count = state.count + 1
+        mu, nu = _moments(g, state, spec, b1, b2)
+        nu_max = _foreach.maximum(tree_leaves(state.nu_max), nu) if amsgrad else nu
+        t = _steps(count)
+        bias_correction2_sqrt = torch.sqrt(1.0 - torch.pow(b2, t))
+        denom = _foreach.add_scalar(_foreach.div(_foreach.sqrt(nu_max), bias_correction2_sqrt), eps)
+        out = _foreach.div(_foreach.div(mu, denom), 1.0 - torch.pow(b1, t))
+        tree = lambda leaves: tree_unflatten(leaves, spec)  # noqa: E731
+        return out, ScaleByAdamState(count, tree(mu), tree(nu), tree(nu_max) if amsgrad else ())
+
+    return leafwise(init, update_leaves)
+
+
+@register_namedtuple
+class ScaleByAdamaxState(NamedTuple):
+    """State of `scale_by_adamax`: step count, first moment, exponentially weighted infinity norm."""
+
+    count: Tensor
+    mu: PyTree
+    nu: PyTree
+
+
+def scale_by_adamax(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> GradientTransformation:
+    """Adamax's direction (Kingma & Ba 2015, Algorithm 2), with torch.optim.Adamax's arithmetic.
+
+    m_t = lerp(m_{t-1}, g_t, 1 - b1);  u_t = max(b2 u_{t-1}, |g_t| + eps);
+    updates = m_t / u_t / (1 - b1^t).
+
+    Args:
+        b1, b2, eps: torch.optim.Adamax's betas and eps.
+    Returns:
+        A GradientTransformation with a ScaleByAdamaxState.
+    """
+
+    def init(params):
+        return ScaleByAdamaxState(zero_count(params), zeros_like(params), zeros_like(params))
+
+    def update_leaves(g, state, params, spec):
+        count = state.count + 1
+        mu = _foreach.lerp(checked_leaves(state.mu, g, spec), g, 1.0 - b1)
+        decayed = _foreach.mul(tree_leaves(state.nu), b2)
+        nu = _foreach.maximum(decayed, _foreach.add_scalar(_foreach.abs(g), eps))
+        out = _foreach.div(_foreach.div(mu, nu), 1.0 - torch.pow(b1, _steps(count)))
+        return out, ScaleByAdamaxState(count, tree_unflatten(mu, spec), tree_unflatten(nu, spec))
+
+    return leafwise(init, update_leaves)
+
+
+@register_namedtuple
+class ScaleByNadamState(NamedTuple):
+    """State of `scale_by_nadam`: step count, the product of the momentum schedule so far (float64,
+    0-d), first and second moments."""
+
+    count: Tensor
+    mu_product: Tensor
+    mu: PyTree
+    nu: PyTree
+
+
+def scale_by_nadam(
+    b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, momentum_decay: float = 4e-3
+) -> GradientTransformation:
+    """NAdam's direction (Dozat 2016), with torch.optim.NAdam's arithmetic.
+
+    mu_t = b1 (1 - 0.96^(t psi) / 2), psi = momentum_decay;  P_t = prod_{i<=t} mu_i;
+    m_t, v_t as Adam;  updates = ((1 - mu_t) / (1 - P_t) g_t + mu_{t+1} / (1 - P_t mu_{t+1}) m_t)
+                                 / (sqrt(v_t / (1 - b2^t)) + eps).
+
+    Args:
+        b1, b2, eps, momentum_decay: torch.optim.NAdam's betas, eps and momentum_decay.
+    Returns:
+        A GradientTransformation with a ScaleByNadamState.
+    """
+
+    def init(params):
+        count = zero_count(params)
+        mu_product = torch.ones((), dtype=torch.float64, device=count.device)
+        return ScaleByNadamState(count, mu_product, zeros_like(params), zeros_like(params))
+
+    def update_leaves(g, state, params, spec):
+        count = state.count + 1
+        t = _steps(count)
+        mu_t = b1 * (1.0 - 0.5 * torch.pow(0.96, t * momentum_decay))
+        mu_next = b1 * (1.0 - 0.5 * torch.pow(0.96, (t + 1.0) * momentum_decay))
+        mu_product = state.mu_product * mu_t
+        mu, nu = _moments(g, state, spec, b1, b2)
+        denom = _foreach.add_scalar(_foreach.sqrt(_foreach.div(nu, 1.0 - torch.pow(b2, t))), eps)
+        grad_part = _foreach.mul(g, (1.0 - mu_t) / (1.0 - mu_product))
+        momentum_part = _foreach.mul(mu, mu_next / (1.0 - mu_product * mu_next))
+        out = _foreach.div(_foreach.add(grad_part, momentum_part), denom)
+        mu, nu = tree_unflatten(mu, spec), tree_unflatten(nu, spec)
+        return out, ScaleByNadamState(count, mu_product, mu, nu)
+
+    return leafwise(init, update_leaves)
+
+
+@register_namedtuple
+class ScaleByRadamState(NamedTuple):
+    """State of `scale_by_radam`: step count, first and second moments."""
+
+    count: Tensor
+    mu: PyTree
+    nu: PyTree
+
+
+def scale_by_radam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> GradientTransformation:
+    """RAdam's direction (Liu et al. 2020, Algorithm 2), with torch.optim.RAdam's arithmetic.
+
+    m_t, v_t as Adam;  rho_inf = 2 / (1 - b2) - 1;  rho_t = rho_inf - 2 t b2^t / (1 - b2^t);
+    r_t = sqrt((rho_t - 4)(rho_t - 2) rho_inf / ((rho_inf - 4)(rho_inf - 2) rho_t));
+    updates = m_t / (1 - b1^t) * sqrt(1 - b2^t) / (sqrt(v_t) + eps) * r_t  if rho_t > 5,
+    else m_t / (1 - b1^t) (the variance estimate is not yet trusted: plain momentum).
+
+    Args:
+        b1, b2, eps: torch.optim.RAdam's betas and eps.
+    Returns:
+        A GradientTransformation with a ScaleByRadamState.
+    """
+    rho_inf = 2.0 / (1.0 - b2) - 1.0
+
+    def init(params):
+        return ScaleByRadamState(zero_count(params), zeros_like(params), zeros_like(params))
+
+    def update_leaves(g, state, params, spec):
+        count = state.count + 1
+        t = _steps(count)
+        mu, nu = _moments(g, state, spec, b1, b2)
+        bias_correction2 = 1.0 - torch.pow(b2, t)
+        mu_hat = _foreach.div(mu, 1.0 - torch.pow(b1, t))
+        rho_t = rho_inf - 2 * t * torch.pow(b2, t) / bias_correction2
+        rect = torch.sqrt((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t))
+        # Both branches as tensors, picked by a tensor condition: no host sync decides the step.
+        scaled = _foreach.mul(mu_hat, torch.sqrt(bias_correction2) * rect)
+        adaptive = _foreach.div(scaled, _foreach.add_scalar(_foreach.sqrt(nu), eps))
+        out = _foreach.where(rho_t > 5.0, adaptive, mu_hat)
+        return out, ScaleByRadamState(count, tree_unflatten(mu, spec), tree_unflatten(nu, spec))
+
+    return leafwise(init, update_leaves)
+
+
+@register_namedtuple
+class ScaleByRmsState(NamedTuple):
+    """State of `scale_by_rms`: the running mean of squared grads, and of grads when centered
+    (the empty tuple otherwise)."""
+
+    nu: PyTree
+    mu: PyTree
+
+
+def scale_by_rms(alpha: float = 0.99, eps: float = 1e-8, centered: bool = False) -> GradientTransformation:
+    """RMSprop's direction (Hinton's lecture 6e; centered: Graves 2013), as torch.optim.RMSprop.
+
+    v_t = alpha v_{t-1} + (1 - alpha) g_t^2;  m_t = lerp(m_{t-1}, g_t, 1 - alpha) if centered;
+    updates = g_t / (sqrt(v_t - m_t^2) + eps) if centered else g_t / (sqrt(v_t) + eps).
+    eps is added outside the root, as torch does.
+
+    Args:
+        alpha, eps, centered: torch.optim.RMSprop's.
+    Returns:
+        A GradientTransformation with a ScaleByRmsState.
+    """
+
+    def init(params):
+        return ScaleByRmsState(zeros_like(params), zeros_like(params) if centered else ())
+
+    def update_leaves(g, state, params, spec):
+        decayed = _foreach.mul(checked_leaves(state.nu, g, spec), alpha)
+        nu = _foreach.addcmul(decayed, g, g, 1.0 - alpha)
+        if centered:
+            mu = _foreach.lerp(tree_leaves(state.mu), g, 1.0 - alpha)
+            avg = _foreach.sqrt(_foreach.addcmul(nu, mu, mu, -1.0))
+        else:
+            avg = _foreach.sqrt(nu)
+        out = _foreach.div(g, _foreach.add_scalar(avg, eps))
+        return out, ScaleByRmsState(tree_unflatten(nu, spec), tree_unflatten(mu, spec) if centered else ())
+
+    return leafwise(init, update_leaves)
+
+
+@register_namedtuple
+class ScaleByRssState(NamedTuple):
+    """State of `scale_by_rss`: the running sum of squared grads."""
+
+    sum_of_squares: PyTree
+
+
+def scale_by_rss(initial_accumulator_value: float = 0.0, eps: float = 1e-10) -> GradientTransformation:
+    """Adagrad's direction (Duchi et al. 2011), as torch.optim.Adagrad.
+
+    s_t = s_{t-1} + g_t^2, s_0 = initial_accumulator_value;  updates = g_t / (sqrt(s_t) + eps).
+
+    Args:
+        initial_accumulator_value, eps: torch.optim.Adagrad's.
+    Returns:
+        A GradientTransformation with a ScaleByRssState.
+    """
+
+    def init(params):
+        return ScaleByRssState(tree_map(lambda p: torch.full_like(p, initial_accumulator_value), params))
+
+    def update_leaves(g, state, params, spec):
+        total = _foreach.addcmul(checked_leaves(state.sum_of_squares, g, spec), g, g, 1.0)
+        out = _foreach.div(g, _foreach.add_scalar(_foreach.sqrt(total), eps))
+        return out, ScaleByRssState(tree_unflatten(total, spec))
+
+    return leafwise(init, update_leaves)
