@@ -204,7 +204,10 @@ def check_ensemble(
     check_data(x, y)
     stacked, k = as_stacked(params, model, x)
     first = tree_index(stacked, 0)
-    check_params(first, x, model)
+    try:
+        check_params(first, x, model)
+    except (TypeError, ValueError) as e:  # the stacked tree's shapes are K models of these
+        raise type(e)(f"model 0 of the ensemble: {e}") from None
     lrs = check_lrs(opt, lrs, k, x.device)
     check_length(x.shape[0], steps, epochs, batch_size, start_step, log_every, eval_every)
     check_seeds(seed, k)
@@ -254,6 +257,11 @@ def _is_model_list(params: PyTree, model: Any, x: Tensor) -> bool:
 def check_lrs(opt: Any, lrs: Any, k: int, device: torch.device) -> Tensor | None:
     """opt a GradientTransformation without lrs, a function lr -> GradientTransformation with."""
     if lrs is None:
+        if callable(opt) and not isinstance(opt, GradientTransformation):
+            raise TypeError(
+                f"opt is a function ({_given(opt)}); with lrs=[one per model] it makes each "
+                "model's optimizer, else pass a GradientTransformation, e.g. optim.adam(1e-3)."
+            )
         check_opt(opt)
         return None
     if isinstance(opt, GradientTransformation) or not callable(opt):

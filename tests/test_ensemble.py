@@ -124,7 +124,7 @@ BAD = [
     ("lrs-with-transformation", dict(opt=optim.sgd(1e-3), lrs=LRS), TypeError,
      r"with lrs, opt must be a function of the learning rate, e.g. lambda lr: optim.adam\(lr\), got GradientTransformation"),
     ("factory-without-lrs", dict(opt=lambda lr: optim.sgd(lr)), TypeError,
-     r"opt must be a GradientTransformation, e.g. optim.adam\(1e-3\), got function"),
+     r"opt is a function \(function <function .*\); with lrs=\[one per model\] it makes each model's optimizer"),
     ("lrs-type", dict(opt=lambda lr: optim.sgd(lr), lrs=1e-3), TypeError,
      r"lrs must be a list or 1-d tensor of 8 learning rates, got float 0.001"),
     ("seed-length", dict(seed=[0, 1]), ValueError, r"seed must be an int or a list of 8 ints \(one per model\), got \[0, 1\]"),
@@ -135,7 +135,7 @@ BAD = [
     ("stacked-sizes", dict(params=lambda m: [{"weight": torch.zeros(8, H, D_IN), "bias": torch.zeros(3, H)}]),
      ValueError, r"params must be a list of K params trees, or one tree whose every leaf has a leading axis of K"),
     ("stacked-other-net", dict(params=lambda m: tree_stack([fnn.mlp([D_IN, 4, D_OUT]).init(k, dtype=torch.float64) for k in range(K)])),
-     ValueError, r"(?=.*layer 0).*params\[0\]\['weight'\].* has shape \(4, 5\), expected \(8, 5\)"),
+     ValueError, r"model 0 of the ensemble: (?=.*layer 0).*params\[0\]\['weight'\].* has shape \(4, 5\), expected \(8, 5\)"),
     ("state-unstacked", dict(opt_state=lambda m: optim.adam(1e-3).init(m[0])), ValueError,
      r"opt_state does not match the structure of opt.init\(params\)"),
 ]  # fmt: skip
