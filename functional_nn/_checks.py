@@ -135,6 +135,13 @@ def check_options(loss: Any, shuffle: Any, callbacks: Any, on_nonfinite: Any) ->
         raise ValueError(f"on_nonfinite must be one of {ON_NONFINITE}, got {on_nonfinite!r}.")
 
 
+def check_compile(compile: Any, modes: tuple[str, ...]) -> None:
+    if not (isinstance(compile, bool) or compile in modes):
+        raise ValueError(
+            f"compile must be True, False or one of torch.compile's modes {modes}, got {compile!r}."
+        )
+
+
 def check_opt(opt: Any) -> None:
     if not isinstance(opt, GradientTransformation):
         raise TypeError(

@@ -43,6 +43,8 @@ class FitResult:
             models.
         val_steps: the step count at each evaluation (every eval_every steps, and the last step).
         wall_time: seconds the training loop took (the input checks before it excluded).
+        compile_time: with fit(compile=...), the seconds of the compiled step's first call, which
+            include compiling it unless an earlier fit already did; part of wall_time. Else 0.
         stop_reason: "done" (ran all steps), "callback" (a callback stopped it) or "nonfinite"
             (on_nonfinite="stop" met a non-finite loss or gradient).
         nonfinite_step: the first step whose loss or gradients were not finite, or None.
@@ -55,6 +57,7 @@ class FitResult:
     val_losses: Tensor | None = None
     val_steps: tuple[int, ...] = ()
     wall_time: float = 0.0
+    compile_time: float = 0.0
     stop_reason: str = "done"
     nonfinite_step: int | None = None
 

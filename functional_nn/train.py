@@ -9,20 +9,43 @@ to an uninterrupted one.
 
 from __future__ import annotations
 
+import functools
+import time
 from typing import Callable, Sequence
+
+import attrs
 
 import torch
 from torch import Tensor
 
 from . import _checks
 from ._loop import CHECK_EVERY, FitResult, Plan, run
-from ._pytree import PyTree, tree_flatten, tree_index, tree_leaves, tree_stack, tree_unflatten
+from ._pytree import (
+    PyTree,
+    tree_flatten,
+    tree_index,
+    tree_leaves,
+    tree_map,
+    tree_stack,
+    tree_structure,
+    tree_unflatten,
+)
 from .data import batches, steps_per_epoch
 from .losses import sse
 from .networks import Network
 from .optim.base import GradientTransformation, apply_updates
 
-__all__ = ["CHECK_EVERY", "DEFAULT_STEPS", "FitResult", "fit", "fit_ensemble", "make_step"]
+__all__ = [
+    "CHECK_EVERY",
+    "COMPILE_MODES",
+    "DEFAULT_COMPILE_MODE",
+    "DEFAULT_STEPS",
+    "FitResult",
+    "compiled_step",
+    "fit",
+    "fit_ensemble",
+    "make_step",
+]
 
 # The seeds train 500 full-batch steps; fit without steps or epochs does the same.
 DEFAULT_STEPS = 500
@@ -31,23 +54,60 @@ Model = Network | Callable[[PyTree, Tensor], Tensor]
 Loss = Callable[[Tensor, Tensor], Tensor]
 
 
-def make_step(apply: Callable, loss: Loss, opt: GradientTransformation) -> Callable:
+def make_step(apply: Callable, loss: Loss, opt: GradientTransformation, spec=None) -> Callable:
     """One training step as a pure function, for fit's loop (and for torch.compile or vmap).
 
+    Args:
+        apply, loss, opt: the model's apply, the loss and the optimizer.
+        spec: None for a step over params trees; or the params' tree structure, for a step over
+            the flat list of their leaves (what fit runs: no tree is flattened or rebuilt per step
+            but the one `apply` reads). The optimizer state must then be made from that list.
     Returns:
         `step(params, state, xb, yb) -> (params, state, loss, finite)`: the params and state after
         one update on the batch, the loss before it (0-d), and a 0-d bool that is True when the loss
         and every gradient are finite. Nothing syncs with the host.
     """
-    value_and_grad = torch.func.grad_and_value(lambda p, xb, yb: loss(apply(p, xb), yb))
+    model = apply if spec is None else (lambda leaves, xb: apply(tree_unflatten(leaves, spec), xb))
+    value_and_grad = torch.func.grad_and_value(lambda p, xb, yb: loss(model(p, xb), yb))
 
     def step(params, state, xb, yb):
         grads, value = value_and_grad(params, xb, yb)
         updates, state = opt.update(grads, state, params)
-        finite = torch.stack([torch.isfinite(g).all() for g in [value, *tree_leaves(grads)]]).all()
-        return apply_updates(params, updates), state, value, finite
+        return apply_updates(params, updates), state, value, _finite(value, tree_leaves(grads))
 
     return step
+
+
+def _finite(value: Tensor, grads: list[Tensor]) -> Tensor:
+    """True when the loss and every gradient are finite: NaN and inf survive a sum, so one sum per
+    gradient (a read of it) tells, where isfinite would write a mask of it. A gradient whose sum
+    overflows counts as non-finite too: that is divergence in all but name."""
+    return torch.isfinite(torch.stack([value, *[g.sum().to(value.dtype) for g in grads]])).all()
+
+
+# Steady state on CPU is fastest with max-autotune-no-cudagraphs (measured in scripts/bench.py).
+DEFAULT_COMPILE_MODE = "max-autotune-no-cudagraphs"
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+@functools.lru_cache(maxsize=32)
+def compiled_step(apply: Callable, loss: Loss, opt: GradientTransformation, spec, mode: str):
+    """make_step(apply, loss, opt, spec) compiled whole (gradient and update) by torch.compile.
+
+    Cached on its arguments, so fits with the same model, loss and optimizer objects share one
+    compiled step (torch.compile itself recompiles only for new shapes, dtypes or devices). Modes
+    with CUDA graphs replay into memory the next replay overwrites, so there every output is
+    cloned before the loop keeps it.
+    """
+    step = torch.compile(make_step(apply, loss, opt, spec), mode=mode, fullgraph=True)
+    if mode not in ("reduce-overhead", "max-autotune"):
+        return step
+
+    def graphed(params, state, xb, yb):
+        torch.compiler.cudagraph_mark_step_begin()
+        return tree_map(torch.clone, step(params, state, xb, yb))
+
+    return graphed
 
 
 def fit(
@@ -70,6 +130,7 @@ def fit(
     log_every: int = 0,
     eval_every: int | None = None,
     on_nonfinite: str = "raise",
+    compile: bool | str = False,
 ) -> FitResult:
     """Train `params` on `loss(model(params, xb), yb)` with `opt`, full batch or in minibatches.
 
@@ -100,9 +161,12 @@ def fit(
         eval_every: steps between evaluations; None for once per epoch (every step full batch).
         on_nonfinite: when a loss or gradient is NaN or inf: "raise" a FloatingPointError naming
             the step, "stop" and return the params from before that step, or "ignore" it.
+        compile: True to run the whole step compiled by torch.compile, in DEFAULT_COMPILE_MODE;
+            or one of COMPILE_MODES. The compiled step is reused by later fits with the same
+            model, loss and opt objects; the result's compile_time holds its first call.
     Returns:
         A FitResult: params, opt_state, the (n,) losses of this call, steps, validation history,
-        wall time, why it stopped, and the first non-finite step.
+        wall time, compile time, why it stopped, and the first non-finite step.
     """
     _checks.check_fit(
         params, x, y, opt, model=model, loss=loss, steps=steps, epochs=epochs,
@@ -110,13 +174,51 @@ def fit(
         start_step=start_step, val=val, callbacks=callbacks, log_every=log_every,
         eval_every=eval_every, on_nonfinite=on_nonfinite,
     )  # fmt: skip
+    _checks.check_compile(compile, COMPILE_MODES)
     apply = model.apply if isinstance(model, Network) else model
-    state = opt.init(params) if opt_state is None else opt_state
-    evaluate = None if val is None else (lambda p: loss(apply(p, val[0]), val[1]))
+    # The loop runs over the flat list of leaves; the trees are rebuilt once, at the end.
+    leaves, spec = tree_flatten(params)
+    state_spec = tree_structure(opt.init(params) if opt_state is None else opt_state)
+    state = opt.init(leaves) if opt_state is None else _respec(opt_state, opt.init(leaves))
+    tree = lambda leaves: tree_unflatten(leaves, spec)  # noqa: E731
+    evaluate = None if val is None else (lambda p: loss(apply(tree(p), val[0]), val[1]))
+    callbacks = [lambda s, l, p, cb=cb: cb(s, l, tree(p)) for cb in callbacks]
     plan = _plan(x.shape[0], steps, epochs, batch_size, start_step, val, callbacks, log_every,
                  eval_every, on_nonfinite)  # fmt: skip
     data = batches(x, y, batch_size, shuffle, seed, start_step)
-    return run(make_step(apply, loss, opt), evaluate, params, state, data, plan)
+    first_call = []  # the seconds of the compiled step's first call, compilation included
+    if compile:
+        mode = DEFAULT_COMPILE_MODE if compile is True else compile
+        step = _timing_first_call(compiled_step(apply, loss, opt, spec, mode), first_call)
+    else:
+        step = make_step(apply, loss, opt, spec)
+    result = run(step, evaluate, leaves, state, data, plan)
+    return attrs.evolve(
+        result,
+        params=tree(result.params),
+        opt_state=tree_unflatten(tree_leaves(result.opt_state), state_spec),
+        compile_time=sum(first_call),
+    )
+
+
+def _timing_first_call(step: Callable, seconds: list[float]) -> Callable:
+    """`step`, appending to `seconds` how long its first call took."""
+
+    def timed(*args):
+        if seconds:
+            return step(*args)
+        start = time.perf_counter()
+        out = step(*args)
+        seconds.append(time.perf_counter() - start)
+        return out
+
+    return timed
+
+
+def _respec(state: PyTree, like: PyTree) -> PyTree:
+    """`state`'s leaves in the structure of `like`: an optimizer state made from params trees,
+    rebuilt as the state made from their flat list of leaves (the same leaves, in the same order)."""
+    return tree_unflatten(tree_leaves(state), tree_structure(like))
 
 
 def _plan(
