@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import time
+import types
 from typing import Callable, Sequence
 
 import attrs
@@ -99,7 +100,7 @@ def compiled_step(apply: Callable, loss: Loss, opt: GradientTransformation, spec
     with CUDA graphs replay into memory the next replay overwrites, so there every output is
     cloned before the loop keeps it.
     """
-    step = torch.compile(make_step(apply, loss, opt, spec), mode=mode, fullgraph=True)
+    step = torch.compile(_own_code(make_step(apply, loss, opt, spec)), mode=mode, fullgraph=True)
     if mode not in ("reduce-overhead", "max-autotune"):
         return step
 
@@ -199,6 +200,13 @@ def fit(
         opt_state=tree_unflatten(tree_leaves(result.opt_state), state_spec),
         compile_time=sum(first_call),
     )
+
+
+def _own_code(fn: Callable) -> Callable:
+    """`fn` with a code object of its own. torch.compile keeps its compiled variants per code
+    object, at most torch._dynamo.config.recompile_limit (8) of them; every step that make_step
+    makes shares one code object, so without this the ninth (model, loss, opt) would fail."""
+    return types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
 
 
 def _timing_first_call(step: Callable, seconds: list[float]) -> Callable:

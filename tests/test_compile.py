@@ -48,3 +48,14 @@ def test_compile_rejects_an_unknown_mode():
     x, y, params = _data("cpu")
     with pytest.raises(ValueError, match=r"compile must be True, False or one of .*'fastest'"):
         fnn.fit(params, x, y, OPTS["sgd"], model=NET, compile="fastest")
+
+
+def test_more_compiled_steps_than_dynamos_recompile_limit():
+    # torch.compile keeps 8 variants per code object; a sweep over 9 learning rates must not fail.
+    x, y, params = _data("cpu")
+    limit = torch._dynamo.config.recompile_limit
+    for i in range(limit + 1):
+        lr = 1e-3 * (i + 1)
+        compiled = fnn.fit(params, x, y, fnn.sgd(lr), model=NET, steps=2, compile=True)
+        eager = fnn.fit(params, x, y, fnn.sgd(lr), model=NET, steps=2)
+        assert_trees_close(compiled.params, eager.params, 1e-6, f"params at lr {lr}")
