@@ -131,12 +131,13 @@ def sweep_rows(sizes: Sizes, device, dtype, s: Settings, contenders) -> list[dic
             "n": point.n, "h": point.h, "steps": steps, "gflop_per_step": gflop,
             "us_per_step": us, "gflops": {name: gflop / (t * 1e-6) for name, t in us.items()},
             "notes": notes,
+            "compile_s": {n: p.compile_s for n, p in prepared.items() if p.compile_s is not None},
         })  # fmt: skip
     return rows
 
 
 def ensemble_rows(sizes: Sizes, device, dtype, s: Settings) -> list[dict]:
-    """fit_ensemble of K models against K fits, Adam: us per model-step and the speed-up."""
+    """fit_ensemble of K models against K fits and the floor, Adam: us per model-step, speed-up."""
     problem = cases.make_problem(sizes, "adam", device, dtype)
     rows = []
     for k in s.ks:
@@ -182,12 +183,12 @@ def print_sweep(rows: list[dict], header: str) -> None:
 
 def print_ensembles(rows: list[dict], header: str) -> None:
     print(f"\n{header}\n{'K':>5}{'fit_ensemble':>14}{'K fits':>10}{'speed-up':>10}"
-          "  (us per model-step)")
+          f"{'floor':>10}  (us per model-step)")
     for r in rows:
         us, timed = r["us_per_model_step"], r["sequential_timed"]
         scaled = "" if timed == r["k"] else f"  the K fits timed on {timed} models, per model"
         print(f"{r['k']:>5}{us['fit_ensemble']:>14.1f}{us['sequential fits']:>10.1f}"
-              f"{r['speedup']:>10.2f}{scaled}")
+              f"{r['speedup']:>10.2f}{us['matmul floor']:>10.1f}{scaled}")
 
 
 def machine(device: torch.device) -> dict:

@@ -226,8 +226,8 @@ def matmul_floor(p: Problem, steps: int) -> Prepared:
 
 
 def ensemble_runners(p: Problem, k: int, steps: int, sequential: int) -> dict[str, Prepared]:
-    """fit_ensemble of k models (model i from model.init(i)) and `sequential` fits of the same
-    models one after another; each returns its seconds per model, for per-model-step figures."""
+    """fit_ensemble of k models (model i from model.init(i)), `sequential` fits of the same models
+    one after another, and one model's matmul floor; each returns its seconds per model."""
     model, opt = p.model, {"sgd": fnn.sgd, "adam": fnn.adam}[p.optimizer](LR[p.optimizer])
     trees = [model.init(i, dtype=p.x.dtype, device=p.device) for i in range(k)]
 
@@ -238,4 +238,8 @@ def ensemble_runners(p: Problem, k: int, steps: int, sequential: int) -> dict[st
         fits = [fnn.fit(t, p.x, p.y, opt, model=model, steps=steps) for t in trees[:sequential]]
         return sum(r.wall_time for r in fits) / sequential
 
-    return {"fit_ensemble": Prepared(together), "sequential fits": Prepared(one_by_one)}
+    return {
+        "fit_ensemble": Prepared(together),
+        "sequential fits": Prepared(one_by_one),
+        "matmul floor": matmul_floor(p, steps),
+    }
