@@ -212,6 +212,16 @@ def _left_out(problem: Problem, steps: int) -> Prepared:
     raise Unavailable("left out by --no-compile")
 
 
+def print_machine(info: dict) -> None:
+    print(f"{info['cpu']} ({info['cores']} cores), {info['torch_threads']} torch threads "
+          f"(OMP_NUM_THREADS={info['OMP_NUM_THREADS']}), device {info['device']}, torch "
+          f"{info['torch']}, {info['date']}, load average {info['load_average']}")
+    load = info["load_average"]
+    if load and load[0] >= info["cores"] > 1 < info["torch_threads"]:
+        print("warning: the machine is busy and torch runs several threads, which then wait on "
+              "each other; the figures will be noise. Try OMP_NUM_THREADS=1 (see --help).")
+
+
 def _load_average() -> list[float] | None:
     """Runnable processes, averaged over 1, 5 and 15 minutes: how busy the machine was."""
     return [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
@@ -219,7 +229,10 @@ def _load_average() -> list[float] | None:
 
 def parse_args(argv) -> argparse.Namespace:
     """The flags, checked before any work; bad ones exit 2 with a message saying how to fix them."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog=next(p for p in __doc__.split("\n\n") if p.startswith("Threads:")),
+    )
     parser.add_argument("--quick", action="store_true", help="fewer steps, repeats, sweep points")
     parser.add_argument("--json", metavar="PATH", help="write every figure and the machine here")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
@@ -248,9 +261,7 @@ def main(argv=None, sizes: Sizes = SEED_SIZES, settings: Settings | None = None)
     contenders = [c._replace(make=_left_out) if args.no_compile and c.key == "b" else c
                   for c in CONTENDERS]
     info = machine(device)
-    print(f"{info['cpu']} ({info['cores']} cores), {info['torch_threads']} torch threads "
-          f"(OMP_NUM_THREADS={info['OMP_NUM_THREADS']}), device {info['device']}, torch "
-          f"{info['torch']}, {info['date']}, load average {info['load_average']}")
+    print_machine(info)
     where = f"{args.dtype} on {args.device}, median of {s.repeats}"
     out = {"machine": info, "settings": s._asdict(), "dtype": args.dtype, "seed": {}}
     n, d_in, h, d_out = sizes
