@@ -1,0 +1,245 @@
+"""The contenders of scripts/bench.py: one training workload, many programs that run its steps.
+
+A contender is `make(problem, steps) -> Prepared`: it does its setup (untimed) and returns `run`,
+which trains `steps` steps from the problem's initial weights, the same start every call, and
+returns the seconds the steps took, read after the device has finished them. A contender that
+cannot run a problem raises Unavailable with the reason, which the tables print.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from typing import Callable, NamedTuple
+
+import torch
+from torch import Tensor
+
+import functional_nn as fnn
+import oracle.optim
+import oracle.train
+
+LR = {"sgd": 1e-6, "adam": 1e-4}  # the seeds' learning rates
+# fit(compile=...) is being added on another branch; until it is here, (b) reports itself n/a.
+HAS_COMPILE = "compile" in inspect.signature(fnn.fit).parameters
+
+
+class Sizes(NamedTuple):
+    """A two-layer bias-free ReLU net d_in-h-d_out trained full batch on n examples."""
+
+    n: int
+    d_in: int
+    h: int
+    d_out: int
+
+    def flops(self) -> int:
+        """Flops of one step's five matrix products (forward x W1^T, h W2^T; backward dW2, dh, dW1),
+        2 per multiply-add: 2 n d_in h for each of the two (n, d_in, h) products, 2 n h d_out for
+        each of the three (n, h, d_out) ones. The elementwise work is left out: it is O(n h)."""
+        n, d_in, h, d_out = self
+        return 2 * n * d_in * h * 2 + 2 * n * h * d_out * 3
+
+
+SEED_SIZES = Sizes(64, 1000, 100, 10)
+
+
+class Problem(NamedTuple):
+    """Data and initial weights, drawn once; every run of every contender starts from them."""
+
+    sizes: Sizes
+    optimizer: str  # "sgd" or "adam"
+    x: Tensor  # (n, d_in) on the device, in the dtype
+    y: Tensor  # (n, d_out)
+    w0: tuple[Tensor, Tensor]  # (h, d_in), (d_out, h): nn.Linear's layout
+
+    @property
+    def device(self) -> torch.device:
+        return self.x.device
+
+    @property
+    def model(self) -> fnn.Network:
+        return fnn.mlp([self.sizes.d_in, self.sizes.h, self.sizes.d_out], bias=False)
+
+
+def make_problem(sizes: Sizes, optimizer: str, device, dtype, seed: int = 0) -> Problem:
+    """Standard-normal data and weights, as the seeds draw them, from one seed."""
+    generator = torch.Generator().manual_seed(seed)
+    draw = lambda *shape: torch.randn(*shape, generator=generator).to(device, dtype)  # noqa: E731
+    n, d_in, h, d_out = sizes
+    return Problem(sizes, optimizer, draw(n, d_in), draw(n, d_out), (draw(h, d_in), draw(d_out, h)))
+
+
+class Prepared(NamedTuple):
+    run: Callable[[], float]  # trains from the initial weights; returns the seconds the steps took
+    compile_s: float | None = None  # seconds of the first, compiling call, for compiled contenders
+
+
+class Unavailable(Exception):
+    """This contender cannot run this problem; the message says why."""
+
+
+def now(device: torch.device) -> float:
+    """The clock, read after the device's queued work is done."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+# ---- (a), (b): functional_nn's fit ------------------------------------------------------------
+
+
+def fit_runner(p: Problem, steps: int, **options) -> Callable[[], fnn.FitResult]:
+    """fit on the problem, with the same model, loss and opt objects every call (so a compiled
+    step is reused)."""
+    model, opt = p.model, {"sgd": fnn.sgd, "adam": fnn.adam}[p.optimizer](LR[p.optimizer])
+    params = [{"weight": w} for w in p.w0]
+    return lambda: fnn.fit(params, p.x, p.y, opt, model=model, steps=steps, **options)
+
+
+def fit_default(p: Problem, steps: int) -> Prepared:
+    # FitResult.wall_time times the loop alone (not fit's input checks); the loop ends with a
+    # host sync, as it reads the finite flags.
+    fit = fit_runner(p, steps)
+    return Prepared(lambda: fit().wall_time)
+
+
+def fit_compiled(p: Problem, steps: int) -> Prepared:
+    if not HAS_COMPILE:
+        raise Unavailable("this fit has no compile= argument")
+    fit = fit_runner(p, steps, compile=True)
+    first = fit()  # compiles; the timed calls reuse the compiled step
+    return Prepared(lambda: fit().wall_time, compile_s=first.compile_time)
+
+
+# ---- (c), (d): the seeds' torch programs ------------------------------------------------------
+
+
+def torch_optim(**options) -> Callable[[Problem, int], Prepared]:
+    """The seeds' torch.nn + torch.optim loop; options go to the optimizer (foreach, fused)."""
+
+    def make(p: Problem, steps: int) -> Prepared:
+        n, d_in, h, d_out = p.sizes
+        like = {"device": p.device, "dtype": p.x.dtype}
+        model = torch.nn.Sequential(
+            torch.nn.Linear(d_in, h, bias=False, **like),
+            torch.nn.ReLU(),
+            torch.nn.Linear(h, d_out, bias=False, **like),
+        )
+        opt_class = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam}[p.optimizer]
+        try:
+            opt_class(model.parameters(), lr=LR[p.optimizer], **options)
+        except RuntimeError as error:
+            raise Unavailable(f"torch refuses {options}: {error}") from error
+        loss_fn = torch.nn.MSELoss(reduction="sum")
+
+        def run() -> float:
+            with torch.no_grad():
+                model[0].weight.copy_(p.w0[0]), model[2].weight.copy_(p.w0[1])
+            opt = opt_class(model.parameters(), lr=LR[p.optimizer], **options)  # fresh state
+            losses = []
+            start = now(p.device)
+            for _ in range(steps):
+                loss = loss_fn(model(p.x), p.y)
+                losses.append(loss.detach())  # as fit records them: on the device, no .item()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            torch.stack(losses)
+            return now(p.device) - start
+
+        return Prepared(run)
+
+    return make
+
+
+def torch_by_hand(p: Problem, steps: int) -> Prepared:
+    """The seeds' second program: mm/clamp forward, hand-written backward, in-place SGD."""
+    if p.optimizer != "sgd":
+        raise Unavailable("the seeds write this loop for SGD only")
+    lr, x, y = LR["sgd"], p.x, p.y
+
+    def run() -> float:
+        w1, w2 = (w.t().contiguous() for w in p.w0)  # the seeds' (in, out) layout
+        losses = []
+        start = now(p.device)
+        for _ in range(steps):
+            h = x.mm(w1)
+            h_relu = h.clamp(min=0)
+            y_pred = h_relu.mm(w2)
+            losses.append((y_pred - y).pow(2).sum())
+            grad_y_pred = 2.0 * (y_pred - y)
+            grad_w2 = h_relu.t().mm(grad_y_pred)
+            grad_h = grad_y_pred.mm(w2.t())
+            grad_h[h < 0] = 0
+            grad_w1 = x.t().mm(grad_h)
+            w1 -= lr * grad_w1
+            w2 -= lr * grad_w2
+        torch.stack(losses)
+        return now(p.device) - start
+
+    return Prepared(run)
+
+
+# ---- (e), (f): the numpy oracle and the matmul floor ------------------------------------------
+
+
+def numpy_oracle(p: Problem, steps: int) -> Prepared:
+    """oracle.train: the seeds' numpy program, float64 on the CPU whatever the problem's dtype
+    (its copy of the initial weights, about 1 µs a step here, is timed with it)."""
+    x, y = (t.cpu().double().numpy() for t in (p.x, p.y))
+    w0 = [{"weight": w.cpu().double().numpy()} for w in p.w0]
+    opt_class = {"sgd": oracle.optim.SGD, "adam": oracle.optim.Adam}[p.optimizer]
+
+    def run() -> float:
+        opt = opt_class(lr=LR[p.optimizer])
+        start = time.perf_counter()
+        oracle.train.train(w0, x, y, opt, steps=steps)
+        return time.perf_counter() - start
+
+    return Prepared(run)
+
+
+def matmul_floor(p: Problem, steps: int) -> Prepared:
+    """The five matrix products of a step (see Sizes.flops) into preallocated outputs: a bound no
+    training loop can beat with these kernels, whatever the optimizer."""
+    (w1, w2), x = p.w0, p.x
+    dout = torch.ones_like(p.y)
+    empty = lambda *shape: torch.empty(*shape, device=p.device, dtype=x.dtype)  # noqa: E731
+    n, d_in, h, d_out = p.sizes
+    hidden, out, dh = empty(n, h), empty(n, d_out), empty(n, h)
+    dw1, dw2 = empty(h, d_in), empty(d_out, h)
+
+    def run() -> float:
+        start = now(p.device)
+        for _ in range(steps):
+            torch.mm(x, w1.t(), out=hidden)
+            torch.mm(hidden, w2.t(), out=out)
+            torch.mm(dout.t(), hidden, out=dw2)
+            torch.mm(dout, w2, out=dh)
+            torch.mm(dh.t(), x, out=dw1)
+        return now(p.device) - start
+
+    return Prepared(run)
+
+
+# ---- ensembles: fit_ensemble against one fit after another -------------------------------------
+
+
+def ensemble_runners(p: Problem, k: int, steps: int, sequential: int) -> dict[str, Prepared]:
+    """fit_ensemble of k models (model i from model.init(i)), `sequential` fits of the same models
+    one after another, and one model's matmul floor; each returns its seconds per model."""
+    model, opt = p.model, {"sgd": fnn.sgd, "adam": fnn.adam}[p.optimizer](LR[p.optimizer])
+    trees = [model.init(i, dtype=p.x.dtype, device=p.device) for i in range(k)]
+
+    def together() -> float:
+        return fnn.fit_ensemble(trees, p.x, p.y, opt, model=model, steps=steps).wall_time / k
+
+    def one_by_one() -> float:
+        fits = [fnn.fit(t, p.x, p.y, opt, model=model, steps=steps) for t in trees[:sequential]]
+        return sum(r.wall_time for r in fits) / sequential
+
+    return {
+        "fit_ensemble": Prepared(together),
+        "sequential fits": Prepared(one_by_one),
+        "matmul floor": matmul_floor(p, steps),
+    }
