@@ -267,6 +267,7 @@ def fit_ensemble(
     log_every: int = 0,
     eval_every: int | None = None,
     on_nonfinite: str = "raise",
+    compile: bool | str = False,
 ) -> FitResult:
     """Train K models at once with torch.func.vmap: K fits in lockstep, in one loop.
 
@@ -288,6 +289,8 @@ def fit_ensemble(
         on_nonfinite: as fit's, for the first model and step with a non-finite loss or gradient;
             "stop" stops every model there. With "ignore", a diverging model does not disturb
             the others.
+        compile: as fit's, for the vmapped step; it is compiled anew by each call (the learning
+            rates and data order are part of it), and the result's compile_time says for how long.
         There are no callbacks: a callback watches one model's loss.
     Returns:
         A FitResult with stacked params and opt_state, (n, K) losses and (m, K) val_losses.
@@ -305,12 +308,16 @@ def fit_ensemble(
     apply = model.apply if isinstance(model, Network) else model
     per_model_data = not isinstance(seed, int) and shuffle and batch_size is not None
     step = _vmapped_step(apply, loss, opt, lr_values, stacked, state, per_model_data)
+    first_call = []
+    if compile:
+        mode = DEFAULT_COMPILE_MODE if compile is True else compile
+        step = _timing_first_call(torch.compile(_own_code(step), mode=mode, fullgraph=True), first_call)
     evaluate = None if val is None else _vmapped_eval(apply, loss, stacked, val)
     plan = _plan(x.shape[0], steps, epochs, batch_size, start_step, val, (), log_every,
                  eval_every, on_nonfinite)  # fmt: skip
     data_seed = list(seed) if per_model_data else seed if isinstance(seed, int) else seed[0]
     data = batches(x, y, batch_size, shuffle, data_seed, start_step)
-    return run(step, evaluate, stacked, state, data, plan)
+    return attrs.evolve(run(step, evaluate, stacked, state, data, plan), compile_time=sum(first_call))
 
 
 def _vmapped_step(apply, loss, opt, lrs, params, state, per_model_data: bool) -> Callable:

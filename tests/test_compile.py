@@ -59,3 +59,14 @@ def test_more_compiled_steps_than_dynamos_recompile_limit():
         compiled = fnn.fit(params, x, y, fnn.sgd(lr), model=NET, steps=2, compile=True)
         eager = fnn.fit(params, x, y, fnn.sgd(lr), model=NET, steps=2)
         assert_trees_close(compiled.params, eager.params, 1e-6, f"params at lr {lr}")
+
+
+def test_compiled_ensemble_equals_eager_ensemble():
+    x, y, _ = _data("cpu")
+    params = [NET.init(k) for k in range(3)]
+    kwargs = dict(model=NET, steps=6, batch_size=8, seed=[1, 2, 3], lrs=[1e-3, 1e-2, 3e-2])
+    eager = fnn.fit_ensemble(params, x, y, lambda lr: fnn.adam(lr), **kwargs)
+    compiled = fnn.fit_ensemble(params, x, y, lambda lr: fnn.adam(lr), compile=True, **kwargs)
+    assert_trees_close(compiled.params, eager.params, 1e-5, "compiled ensemble params")
+    assert_trees_close(compiled.losses, eager.losses, 1e-5, "compiled ensemble losses")
+    assert compiled.compile_time > 0.0 and eager.compile_time == 0.0
