@@ -11,7 +11,7 @@ the oracle's curve for the same optimizer:
 - classification: cross-entropy on 10 class labels with biases and Adam; oracle, torch.optim and
   functional_nn, with the final training accuracy.
 
-    PYTHONPATH=. python scripts/compare.py [--steps 500] [--device cpu|cuda]
+    python scripts/compare.py [--steps 500] [--device cpu|cuda]
         [--dtype float64|float32] [--seed 0] [--json PATH] [--plot PATH]
 
 Exits 1 when a functional_nn row disagrees with the oracle beyond its workload's tolerance for the
@@ -25,16 +25,21 @@ import argparse
 import functools
 import json
 import sys
+from pathlib import Path
 from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
 
+# Run as a file, only scripts/ is on sys.path: put this checkout's root first, so that its
+# functional_nn, oracle and scripts.stages are the ones imported (what PYTHONPATH=. does).
+if not __package__:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 import functional_nn as fnn
 from oracle.gradcheck import rel_error
 from oracle.networks import mlp_forward
 from oracle.train import flat_params
-
 from scripts import stages
 from scripts.stages import Problem, StageResult
 
@@ -95,8 +100,10 @@ def regression(seed: int, bias: bool = False) -> Problem:
     x = torch.randn(N, D_IN, generator=generator, dtype=torch.float64)
     y = torch.randn(N, D_OUT, generator=generator, dtype=torch.float64)
     params = fnn.mlp([D_IN, H, D_OUT], bias=False).init(generator, dtype=torch.float64)
-    for layer in params if bias else []:
-        layer["bias"] = torch.randn(len(layer["weight"]), generator=generator, dtype=torch.float64)
+    if bias:
+        for layer in params:
+            out_features = len(layer["weight"])
+            layer["bias"] = torch.randn(out_features, generator=generator, dtype=torch.float64)
     return Problem(x.numpy(), y.numpy(), _float64_numpy(params), "sse", SEED_LR)
 
 

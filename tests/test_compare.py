@@ -113,11 +113,14 @@ def test_every_stage_agrees_with_the_oracle(tmp_path, dtype):
 
 
 def test_classification_reports_the_training_accuracy(tmp_path):
-    code, out = _run(tmp_path, workloads=[WORKLOADS["classification"]])
-    assert code == 0
-    accuracies = {r["accuracy"] for r in out["rows"]}
-    # after a few steps from chance: one value (the params agree), well within [0, 1]
-    assert len(accuracies) == 1 and 0.0 <= accuracies.pop() <= 1.0
+    problem = compare.classification(0)
+    assert compare.accuracy(problem.params, problem) <= 0.3  # the initial params: near chance, 0.1
+    # 40 steps fit the 64 labels in float64 (measured: 61% right after 10 steps, 98% after 20)
+    path = tmp_path / "out.json"
+    code = compare.main(["--steps", "40", "--json", str(path)], workloads=_only(
+        "classification", ("torch.optim", "adam"), ("functional_nn", "adam")))
+    rows = json.loads(path.read_text())["rows"]
+    assert code == 0 and [r["accuracy"] for r in rows] == [1.0, 1.0, 1.0]
     code, out = _run(tmp_path, workloads=_only("regression", ("functional_nn", "sgd")))
     assert {r["accuracy"] for r in out["rows"]} == {None}
 
