@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from scripts import compare, stages
+from scripts import compare, stages, workloads
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,7 +33,7 @@ ROWS = {  # (workload, stage, optimizer); each optimizer's oracle row is always 
         ("numpy by hand (oracle)", "adam"), ("torch.optim", "adam"), ("functional_nn", "adam"),
     },
 }
-WORKLOADS = {w.name: w for w in compare.WORKLOADS}
+WORKLOADS = {w.name: w for w in workloads.WORKLOADS}
 
 
 @pytest.fixture(autouse=True)
@@ -46,17 +46,17 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def _run(tmp_path, *flags, workloads=compare.WORKLOADS):
-    """main's exit code and the JSON it wrote."""
+def _run(tmp_path, *flags, chosen=workloads.WORKLOADS):
+    """main's exit code and the JSON it wrote, running the `chosen` workloads."""
     path = tmp_path / "out.json"
-    code = compare.main(["--steps", str(STEPS), "--json", str(path), *flags], workloads=workloads)
+    code = compare.main(["--steps", str(STEPS), "--json", str(path), *flags], workloads=chosen)
     return code, json.loads(path.read_text())
 
 
-def _only(workload: str, *stages):
+def _only(workload: str, *picks):
     """The workload with just these of its stages, given as (name, optimizer) or as Stages."""
     w = WORKLOADS[workload]
-    picked = [s if isinstance(s, compare.Stage) else _stage(w, *s) for s in stages]
+    picked = [s if isinstance(s, workloads.Stage) else _stage(w, *s) for s in picks]
     return [w._replace(stages=picked)]
 
 
@@ -113,7 +113,7 @@ def test_every_stage_agrees_with_the_oracle(tmp_path, dtype):
 
 
 def test_classification_reports_the_training_accuracy(tmp_path):
-    problem = compare.classification(0)
+    problem = workloads.classification(0)
     assert compare.accuracy(problem.params, problem) <= 0.3  # the initial params: near chance, 0.1
     # 40 steps fit the 64 labels in float64 (measured: 61% right after 10 steps, 98% after 20)
     path = tmp_path / "out.json"
@@ -121,7 +121,7 @@ def test_classification_reports_the_training_accuracy(tmp_path):
         "classification", ("torch.optim", "adam"), ("functional_nn", "adam")))
     rows = json.loads(path.read_text())["rows"]
     assert code == 0 and [r["accuracy"] for r in rows] == [1.0, 1.0, 1.0]
-    code, out = _run(tmp_path, workloads=_only("regression", ("functional_nn", "sgd")))
+    code, out = _run(tmp_path, chosen=_only("regression", ("functional_nn", "sgd")))
     assert {r["accuracy"] for r in out["rows"]} == {None}
 
 
@@ -136,7 +136,7 @@ CASES = [  # (workload, optimizer, what is perturbed)
 @pytest.mark.parametrize("workload, optimizer, what", CASES)
 def test_a_functional_row_off_by_1e_6_fails_the_check(tmp_path, capsys, workload, optimizer, what):
     functional = _stage(WORKLOADS[workload], "functional_nn", optimizer)
-    code, out = _run(tmp_path, workloads=_only(workload, _perturbed(functional, what)))
+    code, out = _run(tmp_path, chosen=_only(workload, _perturbed(functional, what)))
     assert code == 1 and not out["ok"]
     oracle_row, functional_row = out["rows"]
     assert oracle_row["agrees"] and not functional_row["agrees"]
@@ -145,8 +145,8 @@ def test_a_functional_row_off_by_1e_6_fails_the_check(tmp_path, capsys, workload
 
 def test_a_reported_row_that_differs_does_not_gate(tmp_path, capsys):
     by_hand = _stage(WORKLOADS["regression + bias"], "torch by hand", "sgd")
-    workloads = _only("regression + bias", _perturbed(by_hand, "biases"), ("functional_nn", "sgd"))
-    code, out = _run(tmp_path, workloads=workloads)
+    chosen = _only("regression + bias", _perturbed(by_hand, "biases"), ("functional_nn", "sgd"))
+    code, out = _run(tmp_path, chosen=chosen)
     assert code == 0 and out["ok"]
     _, by_hand, functional = out["rows"]
     assert not by_hand["agrees"] and by_hand["params_rel_diff"] > 1e-7
@@ -155,24 +155,24 @@ def test_a_reported_row_that_differs_does_not_gate(tmp_path, capsys):
 
 
 def test_the_problems_share_their_data():
-    plain, with_bias, classes = (compare.regression(3), compare.regression(3, bias=True),
-                                 compare.classification(3))
+    plain, with_bias, classes = (workloads.regression(3), workloads.regression(3, bias=True),
+                                 workloads.classification(3))
     for a, b in [(plain.x, with_bias.x), (plain.y, with_bias.y), (plain.x, classes.x)]:
         np.testing.assert_array_equal(a, b)
     for layer, biased in zip(plain.params, with_bias.params, strict=True):
         assert "bias" not in layer and biased["bias"].shape == biased["weight"].shape[:1]
         np.testing.assert_array_equal(layer["weight"], biased["weight"])
-    assert classes.y.shape == (compare.N,) and classes.y.dtype == np.int64
+    assert classes.y.shape == (workloads.N,) and classes.y.dtype == np.int64
     # a learnable rule that uses many of the classes, not a constant
-    assert len(np.unique(classes.y)) >= compare.D_OUT // 2
-    assert classes.y.min() >= 0 and classes.y.max() < compare.D_OUT
-    assert not np.array_equal(compare.regression(4).x, plain.x)
+    assert len(np.unique(classes.y)) >= workloads.D_OUT // 2
+    assert classes.y.min() >= 0 and classes.y.max() < workloads.D_OUT
+    assert not np.array_equal(workloads.regression(4).x, plain.x)
 
 
 def test_accuracy_counts_the_largest_logit():
     params = [{"weight": np.eye(3), "bias": np.zeros(3)}]  # logits = x
     x = np.array([[1.0, 0.0, 0.0], [0.0, 2.0, 1.0], [0.0, 1.0, 3.0]])
-    problem = compare.Problem(x, np.array([0, 1, 1]), params, "cross_entropy", {})
+    problem = stages.Problem(x, np.array([0, 1, 1]), params, "cross_entropy", {})
     assert compare.accuracy(params, problem) == pytest.approx(2 / 3, abs=1e-12)
     assert compare.accuracy(params, problem._replace(y=x)) is None
 
@@ -180,11 +180,11 @@ def test_accuracy_counts_the_largest_logit():
 @pytest.mark.parametrize(
     "run, optimizer, problem, match",
     [
-        (stages.torch_by_hand, "sgd", compare.classification, r"torch by hand: its backward is "
-         r"derived for 'sse' only, got loss 'cross_entropy'"),
-        (stages.torch_autograd, "sgd", compare.classification, r"derived for 'sse' only"),
-        (stages.torch_by_hand, "adam", compare.regression, r"by SGD by hand, got optimizer 'adam'"),
-        (stages.torch_nn, "adam", compare.regression, r"torch.nn updates the params by SGD"),
+        (stages.torch_by_hand, "sgd", workloads.classification,
+         r"torch by hand: its backward is derived for loss 'sse' only, got 'cross_entropy'"),
+        (stages.torch_autograd, "sgd", workloads.classification, r"for loss 'sse' only"),
+        (stages.torch_by_hand, "adam", workloads.regression, r"SGD by hand, got optimizer 'adam'"),
+        (stages.torch_nn, "adam", workloads.regression, r"torch.nn updates the params by SGD"),
     ],
 )
 def test_the_by_hand_stages_reject_what_they_do_not_implement(run, optimizer, problem, match):
