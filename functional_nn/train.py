@@ -289,8 +289,8 @@ def fit_ensemble(
         on_nonfinite: as fit's, for the first model and step with a non-finite loss or gradient;
             "stop" stops every model there. With "ignore", a diverging model does not disturb
             the others.
-        compile: as fit's, for the vmapped step; it is compiled anew by each call (the learning
-            rates and data order are part of it), and the result's compile_time says for how long.
+        compile: as fit's, for the vmapped step, but True means torch.compile's "default" mode;
+            the step is compiled anew by each call, and the result's compile_time says for how long.
         There are no callbacks: a callback watches one model's loss.
     Returns:
         A FitResult with stacked params and opt_state, (n, K) losses and (m, K) val_losses.
@@ -310,7 +310,8 @@ def fit_ensemble(
     step = _vmapped_step(apply, loss, opt, lr_values, stacked, state, per_model_data)
     first_call = []
     if compile:
-        mode = DEFAULT_COMPILE_MODE if compile is True else compile
+        # max-autotune's matmul templates fail an inductor assertion on vmapped steps (torch 2.13).
+        mode = "default" if compile is True else compile
         step = _timing_first_call(torch.compile(_own_code(step), mode=mode, fullgraph=True), first_call)
     evaluate = None if val is None else _vmapped_eval(apply, loss, stacked, val)
     plan = _plan(x.shape[0], steps, epochs, batch_size, start_step, val, (), log_every,
