@@ -307,12 +307,15 @@ def fit_ensemble(
     state = init(stacked) if opt_state is None else opt_state
     apply = model.apply if isinstance(model, Network) else model
     per_model_data = not isinstance(seed, int) and shuffle and batch_size is not None
-    step = _vmapped_step(apply, loss, opt, lr_values, stacked, state, per_model_data)
+    key = (apply, loss, opt, _Flat.of(stacked), _Flat.of(state), lr_values is not None, per_model_data)
     first_call = []
     if compile:
         # max-autotune's matmul templates fail an inductor assertion on vmapped steps (torch 2.13).
         mode = "default" if compile is True else compile
-        step = _timing_first_call(torch.compile(_own_code(step), mode=mode, fullgraph=True), first_call)
+        vmapped = _timing_first_call(_compiled_vmapped_step(*key, mode), first_call)
+    else:
+        vmapped = _vmapped_step(*key)
+    step = lambda p, s, xb, yb: vmapped(p, s, xb, yb, lr_values)  # noqa: E731
     evaluate = None if val is None else _vmapped_eval(apply, loss, stacked, val)
     plan = _plan(x.shape[0], steps, epochs, batch_size, start_step, val, (), log_every,
                  eval_every, on_nonfinite)  # fmt: skip
@@ -321,47 +324,61 @@ def fit_ensemble(
     return attrs.evolve(run(step, evaluate, stacked, state, data, plan), compile_time=sum(first_call))
 
 
-def _vmapped_step(apply, loss, opt, lrs, params, state, per_model_data: bool) -> Callable:
+def _vmapped_step(apply, loss, opt, p_flat, s_flat, per_model_lr: bool, per_model_data: bool):
     """make_step over K models: vmapped over params, state, lrs and (per_model_data) batches.
 
     vmap sees lists of tensors, as it takes and returns nothing else and a state may hold None.
+    Returns:
+        `step(params, state, xb, yb, lrs) -> (params, state, losses, finite)`.
     """
-    p_flat, s_flat = _Flat(params), _Flat(state)
 
     def one(p, s, xb, yb, lr):
-        step = make_step(apply, loss, opt if lr is None else opt(lr))
+        step = make_step(apply, loss, opt(lr) if per_model_lr else opt)
         p, s, value, finite = step(p_flat.tree(p), s_flat.tree(s), xb, yb)
         return p_flat.tensors(p), s_flat.tensors(s), value, finite
 
     data_dim = 0 if per_model_data else None
-    batched = torch.func.vmap(one, in_dims=(0, 0, data_dim, data_dim, None if lrs is None else 0))
+    batched = torch.func.vmap(one, in_dims=(0, 0, data_dim, data_dim, 0 if per_model_lr else None))
 
-    def step(params, state, xb, yb):
+    def step(params, state, xb, yb, lrs):
         p, s, value, finite = batched(p_flat.tensors(params), s_flat.tensors(state), xb, yb, lrs)
         return p_flat.tree(p), s_flat.tree(s), value, finite
 
     return step
 
 
+@functools.lru_cache(maxsize=32)
+def _compiled_vmapped_step(*key_and_mode):
+    """_vmapped_step compiled whole, cached as compiled_step is (the lrs are an input, not part
+    of the key)."""
+    *key, mode = key_and_mode
+    return torch.compile(_own_code(_vmapped_step(*key)), mode=mode, fullgraph=True)
+
+
 def _vmapped_eval(apply, loss, params, val) -> Callable[[PyTree], Tensor]:
-    flat = _Flat(params)
+    flat = _Flat.of(params)
     one = lambda p: loss(apply(flat.tree(p), val[0]), val[1])  # noqa: E731
     return lambda params: torch.func.vmap(one)(flat.tensors(params))
 
 
+@attrs.frozen
 class _Flat:
-    """A tree as its list of tensors and back; its other leaves (None) are kept from `like`."""
+    """A tree's layout: its structure and its leaves that are not tensors (None), so that a tree
+    of that layout goes to its list of tensors and back. Hashable, to key the compiled steps."""
 
-    def __init__(self, like: PyTree):
-        self.leaves, self.spec = tree_flatten(like)
-        self.slots = [i for i, leaf in enumerate(self.leaves) if isinstance(leaf, Tensor)]
+    spec: object
+    others: tuple  # (index, leaf) for each leaf that is not a tensor
+
+    @classmethod
+    def of(cls, like: PyTree) -> "_Flat":
+        leaves, spec = tree_flatten(like)
+        return cls(spec, tuple((i, leaf) for i, leaf in enumerate(leaves) if not isinstance(leaf, Tensor)))
 
     def tensors(self, tree: PyTree) -> list[Tensor]:
-        leaves = tree_leaves(tree)
-        return [leaves[i] for i in self.slots]
+        return [leaf for leaf in tree_leaves(tree) if isinstance(leaf, Tensor)]
 
     def tree(self, tensors: list[Tensor]) -> PyTree:
-        leaves = list(self.leaves)
-        for i, t in zip(self.slots, tensors):
-            leaves[i] = t
+        leaves = list(tensors)
+        for i, leaf in self.others:
+            leaves.insert(i, leaf)
         return tree_unflatten(leaves, self.spec)

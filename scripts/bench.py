@@ -136,17 +136,19 @@ def sweep_rows(sizes: Sizes, device, dtype, s: Settings, contenders) -> list[dic
     return rows
 
 
-def ensemble_rows(sizes: Sizes, device, dtype, s: Settings) -> list[dict]:
+def ensemble_rows(sizes: Sizes, device, dtype, s: Settings, compile: bool = True) -> list[dict]:
     """fit_ensemble of K models against K fits and the floor, Adam: us per model-step, speed-up."""
     problem = cases.make_problem(sizes, "adam", device, dtype)
     rows = []
     for k in s.ks:
         sequential = min(k, s.max_sequential or k)
-        runners = cases.ensemble_runners(problem, k, s.ensemble_steps, sequential)
+        runners = cases.ensemble_runners(problem, k, s.ensemble_steps, sequential, compile)
         us = {n: 1e6 * t / s.ensemble_steps for n, t in measure(runners, s.repeats).items()}
         rows.append({
             "k": k, "steps": s.ensemble_steps, "sequential_timed": sequential,
             "us_per_model_step": us, "speedup": us["sequential fits"] / us["fit_ensemble"],
+            "speedup_compiled": us["sequential fits"] / us["fit_ensemble compiled"]
+            if "fit_ensemble compiled" in us else None,
         })  # fmt: skip
     return rows
 
@@ -182,13 +184,14 @@ def print_sweep(rows: list[dict], header: str) -> None:
 
 
 def print_ensembles(rows: list[dict], header: str) -> None:
-    print(f"\n{header}\n{'K':>5}{'fit_ensemble':>14}{'K fits':>10}{'speed-up':>10}"
-          f"{'floor':>10}  (us per model-step)")
+    print(f"\n{header}\n{'K':>5}{'fit_ensemble':>14}{'speed-up':>10}{'compiled':>10}{'speed-up':>10}"
+          f"{'K fits':>10}{'floor':>10}  (us per model-step)")
     for r in rows:
         us, timed = r["us_per_model_step"], r["sequential_timed"]
         scaled = "" if timed == r["k"] else f"  the K fits timed on {timed} models, per model"
-        print(f"{r['k']:>5}{us['fit_ensemble']:>14.1f}{us['sequential fits']:>10.1f}"
-              f"{r['speedup']:>10.2f}{us['matmul floor']:>10.1f}{scaled}")
+        print(f"{r['k']:>5}{us['fit_ensemble']:>14.1f}{r['speedup']:>10.2f}"
+              f"{_fmt(us.get('fit_ensemble compiled'), '.1f', 10)}{_fmt(r['speedup_compiled'], '.2f', 10)}"
+              f"{us['sequential fits']:>10.1f}{us['matmul floor']:>10.1f}{scaled}")
 
 
 def machine(device: torch.device) -> dict:
@@ -272,7 +275,7 @@ def main(argv=None, sizes: Sizes = SEED_SIZES, settings: Settings | None = None)
     out["sweep"] = sweep_rows(sizes, device, dtype, s, contenders)
     print_sweep(out["sweep"], f"sweep, adam: N and H scaled, {where}; GFLOP/s = {d_in}-H-{d_out} "
                 "step's matmul flops (2*N*D_in*H*2 + 2*N*H*D_out*3) / time")
-    out["ensembles"] = ensemble_rows(sizes, device, dtype, s)
+    out["ensembles"] = ensemble_rows(sizes, device, dtype, s, not args.no_compile)
     print_ensembles(out["ensembles"], f"ensembles, adam: N={n}, {d_in}-{h}-{d_out}, "
                     f"{s.ensemble_steps} steps a run, {where}")
     out["machine"]["load_average_end"] = _load_average()

@@ -225,14 +225,19 @@ def matmul_floor(p: Problem, steps: int) -> Prepared:
 # ---- ensembles: fit_ensemble against one fit after another -------------------------------------
 
 
-def ensemble_runners(p: Problem, k: int, steps: int, sequential: int) -> dict[str, Prepared]:
+def ensemble_runners(p: Problem, k: int, steps: int, sequential: int, compile: bool = True) -> dict[str, Prepared]:
     """fit_ensemble of k models (model i from model.init(i)), `sequential` fits of the same models
     one after another, and one model's matmul floor; each returns its seconds per model."""
     model, opt = p.model, {"sgd": fnn.sgd, "adam": fnn.adam}[p.optimizer](LR[p.optimizer])
     trees = [model.init(i, dtype=p.x.dtype, device=p.device) for i in range(k)]
 
-    def together() -> float:
-        return fnn.fit_ensemble(trees, p.x, p.y, opt, model=model, steps=steps).wall_time / k
+    def together(**options) -> float:
+        return fnn.fit_ensemble(trees, p.x, p.y, opt, model=model, steps=steps, **options).wall_time / k
+
+    compiled = {}
+    if compile and HAS_COMPILE:
+        first = fnn.fit_ensemble(trees, p.x, p.y, opt, model=model, steps=steps, compile=True)
+        compiled["fit_ensemble compiled"] = Prepared(lambda: together(compile=True), compile_s=first.compile_time)
 
     def one_by_one() -> float:
         fits = [fnn.fit(t, p.x, p.y, opt, model=model, steps=steps) for t in trees[:sequential]]
@@ -240,6 +245,7 @@ def ensemble_runners(p: Problem, k: int, steps: int, sequential: int) -> dict[st
 
     return {
         "fit_ensemble": Prepared(together),
+        **compiled,
         "sequential fits": Prepared(one_by_one),
         "matmul floor": matmul_floor(p, steps),
     }
