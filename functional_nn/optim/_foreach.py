@@ -31,6 +31,18 @@ def multi_tensor(tensors: list[Tensor]) -> bool:
     return not _is_wrapped(tensors[0])
 
 
+def once(t: Tensor) -> Tensor:
+    """`t`, a 0-d tensor that many elements use (a bias correction, a scheduled learning rate),
+    computed once per step under torch.compile.
+
+    Inductor inlines a 0-d tensor's arithmetic into each consumer's per-element loop, where a pow
+    then runs once per element: that made a compiled Adam step on the seeds' net twice as slow.
+    A two-element sum is a reduction, which inductor computes once, into a buffer of its own; and
+    (t + t) / 2 is t exactly. Eager code, which computes t once anyway, gets t itself.
+    """
+    return t.expand(2).sum() * 0.5 if torch.compiler.is_compiling() else t
+
+
 def _pairs(a: list[Tensor], b: list[Tensor] | Scalar) -> list:
     return b if isinstance(b, list) else [b] * len(a)
 

@@ -16,6 +16,7 @@ from torch import Tensor
 
 from .._pytree import PyTree, register_namedtuple, tree_leaves, tree_map, tree_unflatten, zeros_like
 from . import _foreach
+from ._foreach import once
 from .base import GradientTransformation, checked_leaves, leafwise
 from .transforms import zero_count
 
@@ -66,9 +67,9 @@ def scale_by_adam(
         mu, nu = _moments(g, state, spec, b1, b2)
         nu_max = _foreach.maximum(tree_leaves(state.nu_max), nu) if amsgrad else nu
         t = _steps(count)
-        bias_correction2_sqrt = torch.sqrt(1.0 - torch.pow(b2, t))
+        bias_correction2_sqrt = once(torch.sqrt(1.0 - torch.pow(b2, t)))
         denom = _foreach.add_scalar(_foreach.div(_foreach.sqrt(nu_max), bias_correction2_sqrt), eps)
-        out = _foreach.div(_foreach.div(mu, denom), 1.0 - torch.pow(b1, t))
+        out = _foreach.div(_foreach.div(mu, denom), once(1.0 - torch.pow(b1, t)))
         tree = lambda leaves: tree_unflatten(leaves, spec)  # noqa: E731
         return out, ScaleByAdamState(count, tree(mu), tree(nu), tree(nu_max) if amsgrad else ())
 
@@ -104,7 +105,7 @@ def scale_by_adamax(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> Gr
         mu = _foreach.lerp(checked_leaves(state.mu, g, spec), g, 1.0 - b1)
         decayed = _foreach.mul(tree_leaves(state.nu), b2)
         nu = _foreach.maximum(decayed, _foreach.add_scalar(_foreach.abs(g), eps))
-        out = _foreach.div(_foreach.div(mu, nu), 1.0 - torch.pow(b1, _steps(count)))
+        out = _foreach.div(_foreach.div(mu, nu), once(1.0 - torch.pow(b1, _steps(count))))
         return out, ScaleByAdamaxState(count, tree_unflatten(mu, spec), tree_unflatten(nu, spec))
 
     return leafwise(init, update_leaves)
@@ -148,9 +149,9 @@ def scale_by_nadam(
         mu_next = b1 * (1.0 - 0.5 * torch.pow(0.96, (t + 1.0) * momentum_decay))
         mu_product = state.mu_product * mu_t
         mu, nu = _moments(g, state, spec, b1, b2)
-        denom = _foreach.add_scalar(_foreach.sqrt(_foreach.div(nu, 1.0 - torch.pow(b2, t))), eps)
-        grad_part = _foreach.mul(g, (1.0 - mu_t) / (1.0 - mu_product))
-        momentum_part = _foreach.mul(mu, mu_next / (1.0 - mu_product * mu_next))
+        denom = _foreach.add_scalar(_foreach.sqrt(_foreach.div(nu, once(1.0 - torch.pow(b2, t)))), eps)
+        grad_part = _foreach.mul(g, once((1.0 - mu_t) / (1.0 - mu_product)))
+        momentum_part = _foreach.mul(mu, once(mu_next / (1.0 - mu_product * mu_next)))
         out = _foreach.div(_foreach.add(grad_part, momentum_part), denom)
         mu, nu = tree_unflatten(mu, spec), tree_unflatten(nu, spec)
         return out, ScaleByNadamState(count, mu_product, mu, nu)
@@ -190,11 +191,11 @@ def scale_by_radam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> Gra
         t = _steps(count)
         mu, nu = _moments(g, state, spec, b1, b2)
         bias_correction2 = 1.0 - torch.pow(b2, t)
-        mu_hat = _foreach.div(mu, 1.0 - torch.pow(b1, t))
-        rho_t = rho_inf - 2 * t * torch.pow(b2, t) / bias_correction2
+        mu_hat = _foreach.div(mu, once(1.0 - torch.pow(b1, t)))
+        rho_t = once(rho_inf - 2 * t * torch.pow(b2, t) / bias_correction2)
         rect = torch.sqrt((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t))
         # Both branches as tensors, picked by a tensor condition: no host sync decides the step.
-        scaled = _foreach.mul(mu_hat, torch.sqrt(bias_correction2) * rect)
+        scaled = _foreach.mul(mu_hat, once(torch.sqrt(bias_correction2) * rect))
         adaptive = _foreach.div(scaled, _foreach.add_scalar(_foreach.sqrt(nu), eps))
         out = _foreach.where(rho_t > 5.0, adaptive, mu_hat)
         return out, ScaleByRadamState(count, tree_unflatten(mu, spec), tree_unflatten(nu, spec))

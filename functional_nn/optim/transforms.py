@@ -24,6 +24,7 @@ from .._pytree import (
     zeros_like,
 )
 from . import _foreach
+from ._foreach import once
 from ._checks import number
 from .base import EmptyState, GradientTransformation, checked_leaves, leafwise, param_leaves
 from .schedules import Schedule
@@ -130,7 +131,7 @@ def scale_by_learning_rate(lr: float | Tensor | Schedule) -> GradientTransformat
         if isinstance(lr, numbers.Real):  # the Python float, exactly as torch's alpha=-lr
             step_lr, next_lr = lr, torch.full_like(state.lr, lr)
         else:
-            step_lr, next_lr = _float64(schedule(state.count), count), _float64(schedule(count), count)
+            step_lr, next_lr = once(_float64(schedule(state.count), count)), _float64(schedule(count), count)
         return _foreach.mul(g, -step_lr), ScaleByLearningRateState(count, next_lr)
 
     return leafwise(init, update_leaves)
