@@ -74,7 +74,7 @@ def assert_same_structure(
             f"{name} does not match the structure of {reference_name}.\n"
             f"  {name}: {describe(tree)}\n"
             f"  {reference_name}: {describe(reference)}\n"
-            f"Pass a {name} built from the same {reference_name} (same keys, nesting and shapes)."
+            f"Build {name} from the same {reference_name} (same keys, nesting and shapes)."
         )
 
 
