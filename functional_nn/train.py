@@ -39,7 +39,7 @@ from .optim.base import GradientTransformation, apply_updates
 __all__ = [
     "CHECK_EVERY",
     "COMPILE_MODES",
-    "DEFAULT_COMPILE_MODE",
+    "DEFAULT_COMPILE_MODES",
     "DEFAULT_STEPS",
     "FitResult",
     "compiled_step",
@@ -86,8 +86,9 @@ def _finite(value: Tensor, grads: list[Tensor]) -> Tensor:
     return torch.isfinite(torch.stack([value, *[g.sum().to(value.dtype) for g in grads]])).all()
 
 
-# Steady state on CPU is fastest with max-autotune-no-cudagraphs (measured in scripts/bench.py).
-DEFAULT_COMPILE_MODE = "max-autotune-no-cudagraphs"
+# compile=True's mode, by device type. On CPU, max-autotune-no-cudagraphs was the fastest in steady
+# state (scripts/bench.py); on CUDA a step is launch-bound, and CUDA graphs replay it whole.
+DEFAULT_COMPILE_MODES = {"cpu": "max-autotune-no-cudagraphs", "cuda": "reduce-overhead"}
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
@@ -162,7 +163,8 @@ def fit(
         eval_every: steps between evaluations; None for once per epoch (every step full batch).
         on_nonfinite: when a loss or gradient is NaN or inf: "raise" a FloatingPointError naming
             the step, "stop" and return the params from before that step, or "ignore" it.
-        compile: True to run the whole step compiled by torch.compile, in DEFAULT_COMPILE_MODE;
+        compile: True to run the whole step compiled by torch.compile, in the mode that
+            DEFAULT_COMPILE_MODES gives for x's device (CUDA graphs on cuda);
             or one of COMPILE_MODES. The compiled step is reused by later fits with the same
             model, loss and opt objects; the result's compile_time holds its first call.
     Returns:
@@ -189,7 +191,8 @@ def fit(
     data = batches(x, y, batch_size, shuffle, seed, start_step)
     first_call = []  # the seconds of the compiled step's first call, compilation included
     if compile:
-        mode = DEFAULT_COMPILE_MODE if compile is True else compile
+        default = DEFAULT_COMPILE_MODES.get(x.device.type, "default")
+        mode = default if compile is True else compile
         step = _timing_first_call(compiled_step(apply, loss, opt, spec, mode), first_call)
     else:
         step = make_step(apply, loss, opt, spec)
