@@ -22,7 +22,8 @@ from ._pytree import (
     tree_stack,
     tree_structure,
 )
-from .networks import Network
+from . import losses
+from .networks import Network, eval_shape
 from .optim.base import GradientTransformation
 
 ON_NONFINITE = ("raise", "stop", "ignore")
@@ -169,12 +170,29 @@ def check_seeds(seed: Any, k: int) -> None:
 def check_opt_state(opt_state: PyTree, expected: PyTree, device: torch.device) -> None:
     """opt_state has the structure and shapes of `expected` (the state opt.init would make here)."""
     assert_same_structure(opt_state, expected, "opt_state", "opt.init(params)")
+    for i, (given, want) in enumerate(zip(tree_leaves(opt_state), tree_leaves(expected))):
+        if isinstance(given, Tensor) and isinstance(want, Tensor) and given.dtype != want.dtype:
+            raise TypeError(
+                f"opt_state leaf {i} has dtype {given.dtype}, but opt.init(params) makes "
+                f"{want.dtype} there; build the state from params of this dtype (opt.init(params))."
+            )
     wrong = {str(t.device) for t in tree_leaves(opt_state) if isinstance(t, Tensor)} - {str(device)}
     if wrong:
         raise ValueError(
             f"opt_state holds tensors on {sorted(wrong)} but params are on {device}; "
             "move it with a tree_map(lambda t: t.to(device), opt_state)."
         )
+
+
+def check_targets(loss: Any, model: Any, params: PyTree, x: Tensor, y: Tensor, val) -> None:
+    """y (and val's targets) fit the loss for the model's predictions: class labels in range, target
+    shapes (losses.check: shapes on meta tensors, then one host sync for the values). Only for a
+    Network: a plain callable model is not run before training, not even on meta tensors."""
+    if not isinstance(model, Network):
+        return
+    losses.check(loss, eval_shape(model, params, x), y)
+    if val is not None:
+        losses.check(loss, eval_shape(model, params, val[0]), val[1])
 
 
 def state_shapes(init: Callable[[PyTree], PyTree], params: PyTree) -> PyTree:
@@ -196,6 +214,7 @@ def check_fit(
     check_val(val, params, x, model)
     if opt_state is not None:
         check_opt_state(opt_state, state_shapes(opt.init, params), x.device)
+    check_targets(loss, model, params, x, y, val)
 
 
 def check_ensemble(
@@ -220,6 +239,7 @@ def check_ensemble(
     check_seeds(seed, k)
     check_options(loss, shuffle, (), on_nonfinite)
     check_val(val, first, x, model)
+    check_targets(loss, model, first, x, y, val)
     return stacked, k, lrs
 
 

@@ -20,7 +20,7 @@ import attrs
 import torch
 from torch import Tensor
 
-from ._pytree import PyTree
+from ._pytree import PyTree, tree_map
 
 # Steps between two looks at the finite flags: one host sync per segment, and at most this many
 # wasted steps after a divergence.
@@ -191,6 +191,8 @@ class _Loop:
         if self.plan.on_nonfinite == "raise":
             raise FloatingPointError(_diverged(step, model, float(loss)))
         params, state = mark.params, mark.state
+        if step == self.plan.start:  # nothing to replay: these are the caller's own tensors
+            params, state = tree_map(torch.clone, params), tree_map(torch.clone, state)
         for xb, yb in mark.batches[: step - mark.step]:
             params, state, _, _ = self.step(params, state, xb, yb)
         self.losses[mark.segment :] = [losses[: step - mark.step]]

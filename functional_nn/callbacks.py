@@ -13,6 +13,7 @@ import math
 from torch import Tensor
 
 from ._pytree import PyTree
+from .optim._checks import integer, number
 
 
 class EarlyStopping:
@@ -32,10 +33,8 @@ class EarlyStopping:
     """
 
     def __init__(self, patience: int = 5, min_delta: float = 0.0):
-        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
-            raise ValueError(f"patience must be an int >= 1, got {patience!r}.")
-        if not min_delta >= 0.0:  # also rejects NaN
-            raise ValueError(f"min_delta must be >= 0, got {min_delta!r}.")
+        integer("patience", patience, 1)
+        number("min_delta", min_delta)
         self.patience, self.min_delta = patience, float(min_delta)
         self.best_loss = math.inf
         self.best_step: int | None = None

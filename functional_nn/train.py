@@ -181,8 +181,9 @@ def fit(
     apply = model.apply if isinstance(model, Network) else model
     # The loop runs over the flat list of leaves; the trees are rebuilt once, at the end.
     leaves, spec = tree_flatten(params)
-    state_spec = tree_structure(opt.init(params) if opt_state is None else opt_state)
-    state = opt.init(leaves) if opt_state is None else _respec(opt_state, opt.init(leaves))
+    # The state's structures, params-shaped and list-shaped, from states built on the meta device.
+    state_spec = tree_structure(_checks.state_shapes(opt.init, params))
+    state = opt.init(leaves) if opt_state is None else _respec(opt_state, _checks.state_shapes(opt.init, leaves))
     tree = lambda leaves: tree_unflatten(leaves, spec)  # noqa: E731
     evaluate = None if val is None else (lambda p: loss(apply(tree(p), val[0]), val[1]))
     callbacks = [lambda s, l, p, cb=cb: cb(s, l, tree(p)) for cb in callbacks]
@@ -293,7 +294,7 @@ def fit_ensemble(
             "stop" stops every model there. With "ignore", a diverging model does not disturb
             the others.
         compile: as fit's, for the vmapped step, but True means torch.compile's "default" mode;
-            the step is compiled anew by each call, and the result's compile_time says for how long.
+            the compiled step is cached and reused as fit's is (the lrs are an input to it).
         There are no callbacks: a callback watches one model's loss.
     Returns:
         A FitResult with stacked params and opt_state, (n, K) losses and (m, K) val_losses.

@@ -39,16 +39,17 @@ def test_early_stopping_waits_patience_evaluations(patience, min_delta, losses, 
 
 
 @pytest.mark.parametrize(
-    "kwargs, message",
+    "kwargs, error, message",
     [
-        ({"patience": 0}, r"patience must be an int >= 1, got 0"),
-        ({"patience": 2.0}, r"patience must be an int >= 1, got 2.0"),
-        ({"min_delta": -0.1}, r"min_delta must be >= 0, got -0.1"),
-        ({"min_delta": math.nan}, r"min_delta must be >= 0, got nan"),
+        ({"patience": 0}, ValueError, r"Invalid patience: 0 \(expected an int >= 1\)"),
+        ({"patience": 2.0}, TypeError, r"patience must be an int, got float: 2.0"),
+        ({"min_delta": -0.1}, ValueError, r"Invalid min_delta: -0.1 \(expected a number >= 0\)"),
+        ({"min_delta": math.nan}, ValueError, r"Invalid min_delta: nan"),
+        ({"min_delta": "a"}, TypeError, r"min_delta must be a number, got str: 'a'"),
     ],
 )
-def test_early_stopping_rejects_bad_settings(kwargs, message):
-    with pytest.raises(ValueError, match=message):
+def test_early_stopping_rejects_bad_settings(kwargs, error, message):
+    with pytest.raises(error, match=message):
         fnn.EarlyStopping(**kwargs)
 
 

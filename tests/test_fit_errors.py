@@ -95,6 +95,13 @@ CASES = [
      ValueError, r"opt_state does not match the structure of opt.init\(params\)"),
     ("state-other-opt", lambda kw: {"opt_state": optim.sgd(1e-3, momentum=0.9).init(kw["params"])},
      ValueError, r"(?s)opt_state does not match the structure of opt.init\(params\).*TraceState.*ScaleByAdamState"),
+    ("state-dtype", lambda kw: {"opt_state": optim.adam(1e-3).init(tree_map(lambda t: t.double(), kw["params"]))},
+     TypeError, r"opt_state leaf 1 has dtype torch.float64, but opt.init\(params\) makes torch.float32"),
+    ("labels-out-of-range", lambda kw: {"loss": fnn.cross_entropy, "y": torch.tensor([0, 1, 2, 3, 0, 1])},
+     ValueError, r"cross_entropy: class labels for 3 classes must lie in \[0, 2\], got values from 0 to 3"),
+    ("val-labels", lambda kw: {"loss": fnn.cross_entropy, "y": torch.tensor([0, 1, 2, 2, 0, 1]),
+                               "val": (torch.randn(2, D_IN), torch.tensor([0, -1]))},
+     ValueError, r"class labels for 3 classes must lie in \[0, 2\], got values from -1 to 0"),
 ]  # fmt: skip
 
 

@@ -111,3 +111,14 @@ def test_the_first_bad_step_is_exact_wherever_it_falls_in_a_check(kind, row):
         assert_trees_close(stopped.params, clean.params, 0.0)
     ignored = fnn.fit(params, x, y, optim.sgd(1e-3), on_nonfinite="ignore", **kwargs)
     assert (ignored.steps, ignored.nonfinite_step) == (row + 3, row)
+
+
+def test_stop_at_the_first_step_returns_copies_not_the_callers_tensors():
+    net = fnn.mlp([3, 4, 2])
+    params = net.init(0)
+    x, y = torch.randn(5, 3), torch.randn(5, 2) * 1e30  # finite data; the loss overflows at step 0
+    r = fnn.fit(params, x, y, fnn.sgd(0.1), model=net, steps=3, on_nonfinite="stop",
+                loss=lambda p, t: (p * t).pow(4).sum())  # fmt: skip
+    assert r.stop_reason == "nonfinite" and r.nonfinite_step == 0
+    for got, given in zip(tree_leaves(r.params), tree_leaves(params)):
+        assert got is not given and torch.equal(got, given)
