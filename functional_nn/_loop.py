@@ -12,6 +12,7 @@ one stopped.
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from typing import Callable, Iterator
@@ -242,7 +243,7 @@ def _mean(t: Tensor) -> float:
 
 def _diverged(step: int, model: int | None, loss: float) -> str:
     where = f"step {step}" if model is None else f"step {step} in model {model} of the ensemble"
-    what = f"the loss is {loss}" if not torch.isfinite(torch.tensor(loss)) else (
+    what = f"the loss is {loss}" if not math.isfinite(loss) else (
         f"the loss is {loss} but the gradients are not all finite"
     )
     return (

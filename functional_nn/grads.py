@@ -11,8 +11,8 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from . import _checks, losses
 from ._pytree import PyTree
-from . import losses
 from .losses import Loss, sse
 from .networks import Network, eval_shape
 
@@ -36,20 +36,8 @@ def per_example_grads(
         A tree shaped like params with a leading axis of N on every leaf: leaf[i] is example i's
         gradient. With a "mean" loss over examples, their mean is the full batch's gradient.
     """
-    for name, t in (("x", x), ("y", y)):
-        if not isinstance(t, Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}.")
-    if x.ndim == 0 or y.ndim == 0 or x.shape[0] != y.shape[0]:
-        raise ValueError(
-            f"x and y must have the same number of rows (examples), got x of shape "
-            f"{tuple(x.shape)} and y of shape {tuple(y.shape)}."
-        )
-    if isinstance(model, Network):
-        model.check(params, x)
-    elif not callable(model):
-        raise TypeError(
-            f"model must be a Network or a callable apply(params, x), got {type(model).__name__}."
-        )
+    _checks.check_data(x, y)
+    _checks.check_params(params, x, model)
     apply = model.apply if isinstance(model, Network) else model
     losses.check(loss, eval_shape(apply, params, x), y)
 

@@ -150,9 +150,10 @@ def _check_chain(params: list[dict[str, Tensor]], prefixes: list[str]) -> None:
 
 
 def _check_params(params: Any, shapes: dict[str, tuple[int, ...]], owner: str) -> None:
-    """Raise ValueError unless params has exactly the names and shapes in `shapes`."""
+    """Raise TypeError unless params is a dict, ValueError unless it has exactly the names and
+    shapes in `shapes`."""
     if not isinstance(params, dict):
-        raise ValueError(
+        raise TypeError(
             f"params must be a dict {{name: tensor}} as from_module makes, got {type(params).__name__}."
         )
     if set(params) != set(shapes):

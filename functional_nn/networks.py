@@ -241,6 +241,8 @@ def _check_linear(layer: PyTree, expected: dict[str, tuple[int, ...]], where: st
             "check the bias setting of the network that made these params."
         )
     for key, shape in expected.items():
+        if not isinstance(layer[key], Tensor):
+            raise TypeError(f"{where}[{key!r}] must be a tensor of shape {shape}, got {type(layer[key]).__name__}.")
         given = tuple(layer[key].shape)
         if given != shape:
             raise ValueError(

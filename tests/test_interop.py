@@ -186,3 +186,9 @@ def test_from_module_init_refuses_parameters_it_cannot_redraw():
     assert sorted(params) == ["linear.bias", "linear.weight", "scale"]
     with pytest.raises(ValueError, match=r"cannot redraw the parameters \['scale'\] of Scaled.*no reset_parameters"):
         net.init(0)
+
+
+def test_from_module_check_wants_a_dict_of_params():
+    net, params = fnn.from_module(nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)))
+    with pytest.raises(TypeError, match=r"params must be a dict \{name: tensor\} as from_module makes, got list"):
+        net.check(list(params.values()), torch.zeros(6, 3))

@@ -182,3 +182,9 @@ def test_new_layers_and_losses_compile_with_fullgraph():
 
     # float32 kernels fused differently round differently: a few ulps of the gradients' scale.
     assert_trees_close(torch.compile(step, fullgraph=True)(params), step(params), rtol=1e-5, name="compiled grads")
+
+
+def test_mlp_check_rejects_a_leaf_that_is_not_a_tensor():
+    params = _bad_mlp_params(lambda p: p[0].update(weight=[[0.0] * 3] * 4))
+    with pytest.raises(TypeError, match=r"layer 0: params\[0\]\['weight'\] must be a tensor of shape \(4, 3\), got list"):
+        fnn.mlp([3, 4, 2]).check(params, torch.zeros(5, 3))
