@@ -153,7 +153,10 @@ def torch_optim(**options) -> Callable[[Problem, int], Prepared]:
 
 
 def torch_by_hand(p: Problem, steps: int) -> Prepared:
-    """The seeds' second program: mm/clamp forward, hand-written backward, in-place SGD."""
+    """The seeds' second program: mm/clamp forward, hand-written backward, in-place SGD.
+
+    The same loop as scripts/stages.py's torch_by_hand, without its bias terms and its numpy
+    problem: here it runs on the bench's tensors, so every contender times the same data."""
     if p.optimizer != "sgd":
         raise Unavailable("the seeds write this loop for SGD only")
     lr, x, y = LR["sgd"], p.x, p.y
