@@ -190,13 +190,17 @@ def _check_range(what: str, target: Tensor, low: float, high: float, fix: str) -
 def _neg_log_sigmoid(x: Tensor) -> Tensor:
     """-log sigmoid(x) = log(1 + exp(-x)), branch by branch as torch's CPU log_sigmoid kernel.
 
-    Each branch exponentiates only non-positive numbers, so nothing overflows and the branch
-    `where` drops has a finite gradient; the clamps pass the gradient at 0, where it is -1/2.
+    Each branch exponentiates only non-positive numbers, so nothing overflows, and the branch
+    `where` drops has a finite gradient. The branches' inputs are chosen by the same condition as
+    the branches, with `where`, so at x = 0 the gradient is the true -1/2 by construction: a clamp
+    there would leave it to the kernel's choice at the tie (torch 2.13's clamp passed the gradient
+    at the boundary, 2.14's drops it). NaN goes through the second branch, and stays NaN.
     Not `F.logsigmoid` itself: its CPU kernel starts threads even for a handful of elements, which
     costs milliseconds per call on a busy machine (measured with torch 2.13, 2 threads).
     """
-    pos, neg = x.clamp_min(0), x.clamp_max(0)
-    return torch.where(x >= 0, torch.log1p(torch.exp(-pos)), torch.log1p(torch.exp(neg)) - neg)
+    positive = x >= 0
+    pos, neg = torch.where(positive, x, 0.0), torch.where(positive, 0.0, x)
+    return torch.where(positive, torch.log1p(torch.exp(-pos)), torch.log1p(torch.exp(neg)) - neg)
 
 
 def _reduce(elements: Tensor, reduction: str) -> Tensor:

@@ -111,10 +111,15 @@ def maximum(a: list[Tensor], b: list[Tensor]) -> list[Tensor]:
 
 
 def clamp(a: list[Tensor], low: float, high: float) -> list[Tensor]:
-    """Element-wise min(max(a, low), high)."""
-    if multi_tensor(a):
+    """Element-wise min(max(a, low), high); NaN stays NaN.
+
+    Differentiated, the gradient is 1 on the closed interval [low, high], its boundary included,
+    and 0 outside, by construction (`where` on explicit conditions): torch's own clamp leaves the
+    boundary to the kernel (torch 2.13 passes the gradient there, 2.14 drops it).
+    """
+    if multi_tensor(a) and not a[0].requires_grad:
         return torch._foreach_clamp_max(torch._foreach_clamp_min(a, low), high)
-    return [torch.clamp(x, low, high) for x in a]
+    return [torch.where(x > high, high, torch.where(x < low, low, x)) for x in a]
 
 
 def norm(a: list[Tensor]) -> list[Tensor]:

@@ -70,7 +70,8 @@ def add_decayed_weights(weight_decay: float) -> GradientTransformation:
 
 def clip_by_global_norm(max_norm: float) -> GradientTransformation:
     """Scale all grads by min(1, max_norm / (||g|| + 1e-6)), ||g|| the 2-norm of all leaves
-    together: the result of `torch.nn.utils.clip_grad_norm_`.
+    together: the result of `torch.nn.utils.clip_grad_norm_`. Differentiated, the gradient at
+    ||g|| + 1e-6 = max_norm is that of the scaled branch.
 
     Args:
         max_norm: a number >= 0.
@@ -83,14 +84,18 @@ def clip_by_global_norm(max_norm: float) -> GradientTransformation:
         if not g:
             return g, state
         total = torch.linalg.vector_norm(torch.stack(_foreach.norm(g)))
-        return _foreach.mul(g, torch.clamp(max_norm / (total + 1e-6), max=1.0)), state
+        ratio = max_norm / (total + 1e-6)
+        # min(ratio, 1) with a gradient through ratio at ratio = 1, by construction (torch's clamp
+        # leaves the tie to the kernel); a NaN norm stays NaN, as in clip_grad_norm_.
+        return _foreach.mul(g, torch.where(ratio > 1.0, 1.0, ratio)), state
 
     return _stateless(update_leaves)
 
 
 def clip_by_value(clip_value: float) -> GradientTransformation:
     """Clamp every gradient entry into [-clip_value, clip_value], as
-    `torch.nn.utils.clip_grad_value_`.
+    `torch.nn.utils.clip_grad_value_`. Differentiated, an entry at +-clip_value passes its
+    gradient (it is inside the closed interval), on every torch release.
 
     Args:
         clip_value: a number >= 0.
