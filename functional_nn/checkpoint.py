@@ -264,7 +264,7 @@ def _refusal(body: dict, error: Exception) -> TypeError:
         # A node is checked by its class alone, so no tensor is serialised again.
         node = isinstance(obj, (dict, tuple)) or attrs.has(type(obj))
         if not _loadable(type(obj) if node else obj):
-            what = _name(type(obj)) if node else f"{_REPR.repr(obj)} (a {_name(type(obj))})"
+            what = _name(type(obj)) if node else f"{' '.join(_REPR.repr(obj).split())} (a {_name(type(obj))})"
             return TypeError(f"save: {where} is {what}, {_hint(type(obj), node)}")
     return TypeError(
         f"save: load could not read this checkpoint back ({_why(error)}); a checkpoint holds only "
