@@ -15,8 +15,9 @@ which makes the class a pytree node and loadable with `torch.load(weights_only=T
 that loads must import that module first, so the class is registered there too.
 
 Integrity: the file (format version 2) stores a blake2b checksum of every tensor (its dtype, shape
-and bytes); `load` verifies them, so a flipped bit is a ValueError, not a silently different weight
-(torch's zip reader checks no CRCs). Version 1 files (no checksums) still load, unverified.
+and, for dense tensors, bytes); `load` verifies them, so a flipped bit is a ValueError, not a
+silently different weight (torch's zip reader checks no CRCs). Version 1 files (no checksums) still
+load, unverified. `save` pays for this with one more read and hash of what it wrote.
 
 Durability (POSIX): the temporary file is fsynced before the rename and the directory after it. A
 save killed mid-write (SIGKILL, power loss) leaves its temporary file,
@@ -227,10 +228,14 @@ def _tensors(body: dict) -> list[tuple[str, torch.Tensor]]:
 
 
 def _digest(t: torch.Tensor) -> str:
-    """blake2b of a tensor's dtype, shape and bytes, wherever it lives."""
-    data = t.detach().resolve_conj().resolve_neg().cpu().contiguous().reshape(-1).view(torch.uint8)
+    """blake2b of a tensor's dtype, shape and bytes, wherever it lives.
+
+    Sparse, quantized and meta tensors have no plain byte buffer: only their dtype and shape count.
+    """
     h = hashlib.blake2b(f"{t.dtype}{tuple(t.shape)}".encode(), digest_size=32)
-    h.update(data.numpy())
+    if t.layout == torch.strided and not (t.is_quantized or t.is_meta):
+        data = t.detach().resolve_conj().resolve_neg().cpu().contiguous().reshape(-1)
+        h.update(data.view(torch.uint8).numpy())
     return h.hexdigest()
 
 
@@ -264,7 +269,7 @@ def _refusal(body: dict, error: Exception) -> TypeError:
         # A node is checked by its class alone, so no tensor is serialised again.
         node = isinstance(obj, (dict, tuple)) or attrs.has(type(obj))
         if not _loadable(type(obj) if node else obj):
-            what = _name(type(obj)) if node else f"{' '.join(_REPR.repr(obj).split())} (a {_name(type(obj))})"
+            what = _name(type(obj)) if node else f"{_short(obj)} (a {_name(type(obj))})"
             return TypeError(f"save: {where} is {what}, {_hint(type(obj), node)}")
     return TypeError(
         f"save: load could not read this checkpoint back ({_why(error)}); a checkpoint holds only "
@@ -347,6 +352,10 @@ def _fsync_directory(directory: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _short(obj: Any) -> str:
+    return " ".join(_REPR.repr(obj).split())  # one line, even for a numpy array
 
 
 def _name(cls: type) -> str:
