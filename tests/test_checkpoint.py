@@ -358,3 +358,12 @@ def test_a_save_killed_mid_write_leaves_a_temp_that_the_next_save_removes(tmp_pa
     checkpoint.save(tmp_path / "other.pt", {"w": W}, steps=3)  # any save in the directory cleans
     assert sorted(os.listdir(tmp_path)) == sorted(["ck.pt", "other.pt", *survivors])
     assert all((tmp_path / name).read_bytes() == b"keep me" for name in survivors)
+
+
+def test_tensors_without_a_byte_buffer_round_trip(tmp_path):
+    """Sparse and meta tensors have no plain bytes to hash: their dtype and shape are checked."""
+    sparse, meta = torch.eye(3, dtype=torch.float64).to_sparse(), torch.empty(2, 5, device="meta")
+    checkpoint.save(tmp_path / "ck.pt", {"sparse": sparse, "meta": meta})
+    got = checkpoint.load(tmp_path / "ck.pt").params
+    assert torch.equal(got["sparse"].to_dense(), sparse.to_dense()) and got["sparse"].layout == torch.sparse_coo
+    assert got["meta"].is_meta and got["meta"].shape == (2, 5)
