@@ -106,6 +106,10 @@ def register(cls: type) -> type:
 def save(path: str | os.PathLike, params: PyTree, opt_state: PyTree = None, **meta: Any) -> None:
     """Write params, opt_state and meta to `path`, atomically, or refuse and leave `path` as it was.
 
+    The file is written under a temporary name, read back with `load`'s own code (so what load
+    would refuse is refused here) and renamed over `path`. First, temporary files that killed saves
+    left in the directory are removed (see the module docstring).
+
     Args:
         path: the file to write; its directory must exist. An existing file is replaced.
         params, opt_state: pytrees of tensors (tensors keep their dtype and device), of dicts, lists,

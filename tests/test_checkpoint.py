@@ -186,6 +186,11 @@ class UnregisteredState(NamedTuple):
     count: torch.Tensor
 
 
+@attrs.frozen
+class UnregisteredAttrs:
+    count: torch.Tensor
+
+
 @checkpoint.register
 class UserState(NamedTuple):
     """A user's NamedTuple state, registered through the public API."""
@@ -212,6 +217,7 @@ REFUSED = [
     ("lambda-in-meta", {"w": W}, None, dict(schedule=lambda s: 0.1), r"meta\.schedule is <function <lambda>", "plain Python values"),
     ("object-in-state", {"w": W}, (W, {"x": Opaque()}), {}, r"opt_state\.1\.x is <tests\.test_checkpoint\.Opaque", "plain Python values"),
     ("unregistered-class", {"w": W}, UnregisteredState(W), {}, r"opt_state is tests\.test_checkpoint\.UnregisteredState, a class load cannot read back until it is registered", r"checkpoint\.register\(UnregisteredState\)"),
+    ("unregistered-attrs", [{"w": W}], None, dict(best=[UnregisteredAttrs(W)]), r"meta\.best\.0 is tests\.test_checkpoint\.UnregisteredAttrs, a class", r"checkpoint\.register\(UnregisteredAttrs\)"),
 ]  # fmt: skip
 
 
@@ -367,3 +373,8 @@ def test_tensors_without_a_byte_buffer_round_trip(tmp_path):
     got = checkpoint.load(tmp_path / "ck.pt").params
     assert torch.equal(got["sparse"].to_dense(), sparse.to_dense()) and got["sparse"].layout == torch.sparse_coo
     assert got["meta"].is_meta and got["meta"].shape == (2, 5)
+
+
+def test_save_into_a_missing_directory_names_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"save: the directory of '.*nowhere/ck.pt' does not exist"):
+        checkpoint.save(tmp_path / "nowhere" / "ck.pt", {"w": W})
