@@ -165,11 +165,14 @@ def gradient_stream(dtype, seed=0):
     return draw(), [draw() for _ in range(STEPS)]
 
 
-def run_functional(case, params, grads, dtype, device):
-    """Params after each step, and the learning rate the state reports before each step."""
+def run_functional(case, params, grads, dtype, device, default=None):
+    """Params after each step, and the learning rate the state reports before each step; init
+    runs under the default dtype `default` (`dtype` when None), as torch.optim in `run_torch`
+    (NAdam's momentum product takes torch's scalar dtype)."""
     to = lambda tree: [{k: v.to(dtype=dtype, device=device) for k, v in layer.items()} for layer in tree]  # noqa: E731
     opt, params = case.fnn(device), to(params)
-    state = opt.init(params)
+    with default_dtype(default or dtype):
+        state = opt.init(params)
     trajectory, lrs_seen = [], []
     for g in grads:
         lrs_seen.append(optim.current_lr(state).item())
@@ -278,7 +281,8 @@ def test_training_three_ways(case, dtype, device):
     sign = -1.0 if case.kwargs.get("maximize") else 1.0
     start = [{k: cast(v) for k, v in layer.items()} for layer in params]
     loss = lambda pred, target: sign * fnn.sse(pred, target)  # noqa: E731
-    ours = fnn.fit(start, cast(x), cast(y), case.fnn(device), model=net, loss=loss, steps=TRAIN_STEPS).params
+    with default_dtype(dtype):  # as train_torch's
+        ours = fnn.fit(start, cast(x), cast(y), case.fnn(device), model=net, loss=loss, steps=TRAIN_STEPS).params
     theirs = train_torch(case, params, x, y, cast, device, dtype, sign)
     as_np = [{k: v.numpy() for k, v in layer.items()} for layer in params]
     oracle_loss = lambda pred, target: tuple(sign * v for v in oracle.losses.sse(pred, target))  # noqa: E731
@@ -325,13 +329,13 @@ def test_first_step_by_hand(name, kwargs, direction):
 def test_nadam_keeps_its_momentum_product_in_torchs_scalar_dtype(kwargs, default):
     """torch.optim.NAdam rounds its momentum product in the default dtype if that is float64, else
     in float32 (`_get_scalar_dtype`); so do we, so float64 params follow torch's to rounding under
-    either default (with a float64 product under a float32 default they differed by 6e-11)."""
+    either default (a float64 product under a float32 default differed from torch's by 6e-11)."""
     case = Case("nadam", kwargs)
     params, grads = gradient_stream(torch.float64)
     with default_dtype(default):
         state = case.fnn("cpu").init(params)
-        ours, _ = run_functional(case, params, grads, torch.float64, "cpu")
     assert torch.get_default_dtype() == torch.float32  # restored
+    ours, _ = run_functional(case, params, grads, torch.float64, "cpu", default=default)
     products = [s.mu_product for s in state if isinstance(s, optim.ScaleByNadamState)]
     assert [p.dtype for p in products] == [default]
     theirs, _ = run_torch(case, params, grads, torch.float64, "cpu", default=default)
