@@ -35,6 +35,8 @@ BAD_HYPERPARAMETERS = [
     (lambda: optim.nadam(momentum_decay=-4e-3), ValueError, "Invalid momentum_decay: -0.004"),
     (lambda: optim.clip_by_global_norm(-1.0), ValueError, "Invalid max_norm: -1.0"),
     (lambda: optim.clip_by_value(None), TypeError, "clip_value must be a number, got NoneType"),
+    (lambda: optim.clip_by_value(float("nan")), ValueError, "Invalid clip_value: nan"),
+    (lambda: optim.clip_by_global_norm(float("-inf")), ValueError, "Invalid max_norm: -inf"),
     # Non-finite numbers, which torch.optim lets through (inf lr makes every step NaN).
     (lambda: optim.adam(lr=float("inf")), ValueError, r"Invalid lr: inf \(not finite; expected a number >= 0"),
     (lambda: optim.sgd(weight_decay=float("nan")), ValueError, r"Invalid weight_decay: nan \(not finite"),
@@ -143,6 +145,10 @@ def test_state_of_another_transform_shows_both_structures(device):
         optim.adam().update(params, sgd_state, params)
     with pytest.raises(ValueError, match=r"(?s)state: ScaleByRssState\(sum_of_squares=.*expected: ScaleByRmsState\(nu, mu\)"):
         optim.rmsprop().update(params, optim.adagrad().init(params), params)
+    with pytest.raises(ValueError, match=r"(?s)state: ScaleByRmsState\(.*expected: TraceState\(count, momentum_buffer\)"):
+        optim.sgd(momentum=0.9).update(params, optim.rmsprop().init(params), params)
+    with pytest.raises(ValueError, match=r"(?s)expected: ScaleByLearningRateState\(count, lr\)"):
+        optim.sgd().update(params, (optim.sgd(momentum=0.9).init(params)[0],), params)
 
 
 def test_state_without_the_amsgrad_maximum_shows_both_structures(device):
@@ -206,3 +212,15 @@ def test_the_update_checks_hold_under_vmap(device):
         torch.func.vmap(opt.update)(grads, state, params)
     with pytest.raises(ValueError, match="state does not belong to this transform"):
         torch.func.vmap(opt.update)(params, torch.func.vmap(optim.sgd(momentum=0.9).init)(params), params)
+
+
+def test_an_infinite_clip_clips_nothing_as_torch_does():
+    g = [torch.tensor([3.0, -4e3]), torch.tensor([1e-3])]
+    for transform in (optim.clip_by_value(float("inf")), optim.clip_by_global_norm(float("inf"))):
+        updates, _ = transform.update(g, transform.init(g), g)
+        assert all(torch.equal(u, x) for u, x in zip(updates, g))
+    params = [torch.zeros_like(x, requires_grad=True) for x in g]
+    for p, x in zip(params, g):
+        p.grad = x.clone()
+    torch.nn.utils.clip_grad_norm_(params, float("inf"))
+    assert all(torch.equal(p.grad, x) for p, x in zip(params, g))

@@ -12,12 +12,17 @@ from typing import Callable
 
 
 def number(
-    name: str, value, expected: str = "a number >= 0", ok: Callable[[float], bool] = lambda v: v >= 0.0
+    name: str,
+    value,
+    expected: str = "a number >= 0",
+    ok: Callable[[float], bool] = lambda v: v >= 0.0,
+    allow_inf: bool = False,
 ) -> None:
-    """Raise TypeError unless `value` is a real number, ValueError unless it is finite and `ok(value)`."""
+    """Raise TypeError unless `value` is a real number, ValueError unless it is finite (or +inf,
+    where allow_inf says that means "no limit") and `ok(value)`."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a number, got {type(value).__name__}: {value!r}.")
-    if not math.isfinite(value):
+    if not (math.isfinite(value) or allow_inf and value == math.inf):
         raise ValueError(f"Invalid {name}: {value} (not finite; expected {expected}).")
     if not ok(value):
         raise ValueError(f"Invalid {name}: {value} (expected {expected}).")
