@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from typing import Any, Callable
 
+import attrs
 import torch
 from torch import Tensor
 
@@ -97,6 +98,46 @@ def check_params(params: PyTree, x: Tensor, model: Any) -> None:
         )
     if isinstance(model, Network):
         model.check(params, x)
+
+
+def check_finite_params(params: PyTree, name: str = "params") -> None:
+    """No NaN or inf in any leaf of params (one host sync); the message names the first bad leaf by
+    its path, e.g. params[0]['weight']."""
+    leaves = tree_leaves(params)
+    finite = torch.stack([torch.isfinite(t).all() for t in leaves]).tolist()
+    if all(finite):
+        return
+    i = finite.index(False)
+    count = int((~torch.isfinite(leaves[i])).sum())
+    raise ValueError(
+        f"{leaf_paths(params, name)[i]} contains {count} NaN or inf values (of {leaves[i].numel()}); "
+        "start from finite params, e.g. model.init(seed) or a checkpoint from before the divergence."
+    )
+
+
+def check_finite_stacked(stacked: PyTree, k: int) -> None:
+    """check_finite_params for K stacked models: one sync, and one per model only to name the bad one."""
+    try:
+        check_finite_params(stacked)
+    except ValueError:
+        for i in range(k):
+            check_finite_params(tree_index(stacked, i), f"model {i} of the ensemble: params")
+
+
+def leaf_paths(tree: PyTree, name: str) -> list[str]:
+    """Each leaf's path, in tree_leaves' order, as Python would index it: name[0]['weight'];
+    attrs fields and NamedTuple fields as attributes (name.mu)."""
+    if isinstance(tree, dict):  # torch's pytrees keep a dict's insertion order (jax sorts keys)
+        items = [(f"[{k!r}]", v) for k, v in tree.items()]
+    elif isinstance(tree, tuple) and hasattr(tree, "_fields"):
+        items = [(f".{f}", getattr(tree, f)) for f in tree._fields]
+    elif isinstance(tree, (list, tuple)):
+        items = [(f"[{i}]", t) for i, t in enumerate(tree)]
+    elif attrs.has(type(tree)):
+        items = [(f".{f.name}", getattr(tree, f.name)) for f in attrs.fields(type(tree))]
+    else:
+        return [name] * len(tree_leaves(tree))
+    return [path for key, child in items for path in leaf_paths(child, name + key)]
 
 
 def check_length(
@@ -207,6 +248,7 @@ def check_fit(
     """All of fit's checks, in the order a reader would fix them."""
     check_data(x, y)
     check_params(params, x, model)
+    check_finite_params(params)
     check_opt(opt)
     check_length(x.shape[0], steps, epochs, batch_size, start_step, log_every, eval_every)
     check_seed("seed", seed)
@@ -234,6 +276,7 @@ def check_ensemble(
         check_params(first, x, model)
     except (TypeError, ValueError) as e:  # the stacked tree's shapes are K models of these
         raise type(e)(f"model 0 of the ensemble: {e}") from None
+    check_finite_stacked(stacked, k)
     lrs = check_lrs(opt, lrs, k, x.device)
     check_length(x.shape[0], steps, epochs, batch_size, start_step, log_every, eval_every)
     check_seeds(seed, k)

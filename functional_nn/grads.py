@@ -38,6 +38,7 @@ def per_example_grads(
     """
     _checks.check_data(x, y)
     _checks.check_params(params, x, model)
+    _checks.check_finite_params(params)
     apply = model.apply if isinstance(model, Network) else model
     losses.check(loss, eval_shape(apply, params, x), y)
 

@@ -136,6 +136,8 @@ BAD = [
      ValueError, r"params must be a list of K params trees, or one tree whose every leaf has a leading axis of K"),
     ("stacked-other-net", dict(params=lambda m: tree_stack([fnn.mlp([D_IN, 4, D_OUT]).init(k, dtype=torch.float64) for k in range(K)])),
      ValueError, r"model 0 of the ensemble: (?=.*layer 0).*params\[0\]\['weight'\].* has shape \(4, 5\), expected \(8, 5\)"),
+    ("nan-params", dict(params=lambda m: m[:6] + [tree_map(lambda t: t * float("nan"), m[6])] + m[7:]), ValueError,
+     r"model 6 of the ensemble: params\[0\]\['weight'\] contains 40 NaN or inf values \(of 40\)"),
     ("state-unstacked", dict(opt_state=lambda m: optim.adam(1e-3).init(m[0])), ValueError,
      r"opt_state does not match the structure of opt.init\(params\)"),
 ]  # fmt: skip

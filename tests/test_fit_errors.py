@@ -32,6 +32,13 @@ def with_value(name, index, value):
     return change
 
 
+def poison(params, layer, key, value):
+    """A copy of mlp params with one entry of params[layer][key] set to value."""
+    params = tree_map(torch.clone, params)
+    params[layer][key].view(-1)[-1] = value
+    return params
+
+
 def on_meta(kw):
     return {"params": tree_map(lambda t: t.to("meta"), kw["params"])}
 
@@ -56,6 +63,10 @@ CASES = [
      r"(?=.*layer 0).*params\[0\]\['weight'\].* has shape \(7, 5\), expected \(8, 5\)"),
     ("no-bias-net", lambda kw: {"params": fnn.mlp([D_IN, H, D_OUT], bias=False).init(0)}, ValueError,
      r"(?=.*layer 0).*params\[0\].* has keys \['weight'\], expected \['bias', 'weight'\]"),
+    ("nan-params", lambda kw: {"params": poison(kw["params"], 1, "bias", float("nan"))}, ValueError,
+     r"params\[1\]\['bias'\] contains 1 NaN or inf values \(of 3\); start from finite params"),
+    ("inf-params", lambda kw: {"params": poison(kw["params"], 0, "weight", -float("inf"))}, ValueError,
+     r"params\[0\]\['weight'\] contains 1 NaN or inf values \(of 40\)"),
     ("int-params", lambda kw: {"params": [{"weight": torch.ones(H, D_IN, dtype=torch.int64)}]}, TypeError,
      r"params must be a non-empty pytree of floating tensors, got \[\{'weight': int64\[8, 5\]\}\]"),
     ("dtype", lambda kw: {"x": kw["x"].double(), "y": kw["y"].double()}, TypeError,
@@ -126,3 +137,9 @@ def test_bad_input_is_refused_before_any_work():
         fnn.fit(kw["params"], kw["x"], kw["y"], kw["opt"], model=model, steps=2,
                 opt_state=optim.adam(1e-3).init(fnn.mlp([D_IN, 7, D_OUT]).init(0)))  # fmt: skip
     assert calls == []
+
+
+def test_per_example_grads_refuses_nan_params_as_fit_does():
+    kw = good()
+    with pytest.raises(ValueError, match=r"params\[1\]\['weight'\] contains 1 NaN or inf values"):
+        fnn.per_example_grads(poison(kw["params"], 1, "weight", float("nan")), kw["x"], kw["y"], model=NET)
