@@ -7,6 +7,7 @@ bad values and shapes, TypeError for wrong types.
 from __future__ import annotations
 
 import math
+import re
 from typing import Any, Callable
 
 import attrs
@@ -24,10 +25,11 @@ from ._pytree import (
     tree_structure,
 )
 from . import losses
-from .networks import Network, eval_shape
+from .networks import Network
 from .optim.base import GradientTransformation
 
 ON_NONFINITE = ("raise", "stop", "ignore")
+VAL_NAMES = ("val[0] (x_val)", "val[1] (y_val)")
 
 
 def check_int(name: str, value: Any, minimum: int, allow_none: bool = False) -> None:
@@ -225,15 +227,80 @@ def check_opt_state(opt_state: PyTree, expected: PyTree, device: torch.device) -
         )
 
 
-def check_targets(loss: Any, model: Any, params: PyTree, x: Tensor, y: Tensor, val) -> None:
-    """y (and val's targets) fit the loss for the model's predictions: class labels in range, target
-    shapes (losses.check: shapes on meta tensors, then one host sync for the values). Only for a
-    Network: a plain callable model is not run before training, not even on meta tensors."""
-    if not isinstance(model, Network):
+def check_outputs(
+    model: Any, loss: Any, params: PyTree, x: Tensor, y: Tensor, names: tuple[str, str] = ("x", "y")
+) -> None:
+    """model(params, x) is a tensor and loss(pred, y) a 0-d floating tensor, found by one run of
+    each on meta tensors (shapes and dtypes, no arithmetic); then y's values against the loss
+    (losses.check: class labels in range, one host sync).
+
+    A model or loss that cannot run on meta tensors (an op without a meta kernel, .item(), a
+    tensor made on another device) is not refused for it: the abstract check is skipped, and its
+    mistakes surface at the first step instead.
+    """
+    x_name, y_name = names
+    apply = model.apply if isinstance(model, Network) else model
+    meta = lambda t: t.to("meta") if isinstance(t, Tensor) else t  # noqa: E731
+    shapes = f"{x_name} of shape {tuple(x.shape)} and params {describe(params)}"
+    pred = _on_meta(f"model(params, {x_name})", shapes, lambda: apply(tree_map(meta, params), meta(x)))
+    if pred is None:
         return
-    losses.check(loss, eval_shape(model, params, x), y)
-    if val is not None:
-        losses.check(loss, eval_shape(model, params, val[0]), val[1])
+    if not isinstance(pred, Tensor):
+        raise TypeError(f"model(params, {x_name}) must return a tensor, got {_given(pred)}.")
+    shapes = f"pred {_spec(pred)} and {y_name} {_spec(y)}"
+    value = _on_meta(f"loss(pred, {y_name})", shapes, lambda: loss(pred, meta(y)))
+    if value is None:
+        return
+    check_loss_value(value, f"loss(pred, {y_name})")
+    try:
+        losses.check(loss, pred.shape, y)
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"{y_name}: {e}" if y_name != "y" else str(e)) from None
+
+
+def check_loss_value(value: Any, call: str) -> None:
+    """A loss must be a 0-d real floating tensor: grad needs a scalar, and an integer loss would
+    train with zero gradients."""
+    if not isinstance(value, Tensor):
+        raise TypeError(
+            f"{call} must return a 0-d floating tensor, got {_given(value)}; compute the loss with "
+            "torch operations on pred (a Python number has no gradient)."
+        )
+    if not value.is_floating_point():
+        raise TypeError(
+            f"{call} must return a 0-d floating tensor, got dtype {value.dtype}: an integer or "
+            "complex loss has no usable gradient; compute it in floating point, e.g. from pred itself."
+        )
+    if value.ndim != 0:
+        raise ValueError(
+            f"{call} must return a 0-d floating tensor, got shape {tuple(value.shape)}; reduce it, "
+            "e.g. with .sum() or .mean()."
+        )
+
+
+def _on_meta(call: str, shapes: str, run: Callable[[], Any]) -> Any:
+    """run() on meta tensors; None when it fails for want of data (see _meta_only), else its
+    failure as a ValueError (TypeError stays TypeError) naming the call, the shapes and the cause."""
+    try:
+        return run()
+    except Exception as e:  # noqa: BLE001 - any failure of user code is reported, or skipped
+        if _meta_only(e):
+            return None
+        raise (TypeError if isinstance(e, TypeError) else ValueError)(
+            f"{call} fails for {shapes} (run once on meta tensors before training): "
+            f"{type(e).__name__}: {e}"
+        ) from e
+
+
+def _meta_only(error: Exception) -> bool:
+    """Whether an error on meta tensors says only that they hold no data or live on no device
+    (no meta kernel, .item(), .tolist(), .numpy(), a tensor made on cpu): then the run says
+    nothing about the real one."""
+    return isinstance(error, NotImplementedError) or re.search(r"\bmeta\b", str(error), re.I) is not None
+
+
+def _spec(t: Any) -> str:
+    return f"of shape {tuple(t.shape)} ({t.dtype})" if isinstance(t, Tensor) else _given(t)
 
 
 def state_shapes(init: Callable[[PyTree], PyTree], params: PyTree) -> PyTree:
@@ -256,7 +323,9 @@ def check_fit(
     check_val(val, params, x, model)
     if opt_state is not None:
         check_opt_state(opt_state, state_shapes(opt.init, params), x.device)
-    check_targets(loss, model, params, x, y, val)
+    check_outputs(model, loss, params, x, y)
+    if val is not None:
+        check_outputs(model, loss, params, val[0], val[1], VAL_NAMES)
 
 
 def check_ensemble(
@@ -282,7 +351,9 @@ def check_ensemble(
     check_seeds(seed, k)
     check_options(loss, shuffle, (), on_nonfinite)
     check_val(val, first, x, model)
-    check_targets(loss, model, first, x, y, val)
+    check_outputs(model, loss, first, x, y)
+    if val is not None:
+        check_outputs(model, loss, first, val[0], val[1], VAL_NAMES)
     return stacked, k, lrs
 
 
@@ -356,7 +427,7 @@ def check_val(val: Any, params: PyTree, x: Tensor, model: Any) -> None:
         return
     if not isinstance(val, (tuple, list)) or len(val) != 2:
         raise TypeError(f"val must be a pair (x_val, y_val) of tensors, got {type(val).__name__}.")
-    check_data(val[0], val[1], "val[0] (x_val)", "val[1] (y_val)")
+    check_data(val[0], val[1], *VAL_NAMES)
     if val[0].device != x.device:
         raise ValueError(
             f"val[0] (x_val) is on {val[0].device} but x is on {x.device}; move it there."
@@ -364,7 +435,10 @@ def check_val(val: Any, params: PyTree, x: Tensor, model: Any) -> None:
     if val[0].dtype != x.dtype:
         raise TypeError(f"val[0] (x_val) has dtype {val[0].dtype} but x has {x.dtype}; convert it.")
     if isinstance(model, Network):
-        model.check(params, val[0])
+        try:
+            model.check(params, val[0])
+        except (TypeError, ValueError) as e:  # the network's message calls its input x
+            raise type(e)(f"val[0] (x_val) does not fit the model: {e}") from None
 
 
 def _given(value: Any) -> str:

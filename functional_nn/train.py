@@ -137,14 +137,19 @@ def fit(
     """Train `params` on `loss(model(params, xb), yb)` with `opt`, full batch or in minibatches.
 
     Pure: nothing the caller passed is mutated, and the same inputs give bitwise the same result
-    on CPU. Every input is checked before any work (see `_checks.py`).
+    on CPU. Every input is checked before any work (see `_checks.py`): among others, the model
+    and the loss run once on meta tensors (shapes only), so a mismatch of x, params, y or val
+    with the model or the loss is a ValueError naming the call that failed, before the first
+    step, for a plain callable model as for a Network. A model or loss that cannot run on meta
+    tensors (.item(), an op without a meta kernel) skips that check.
 
     Args:
-        params: a pytree of floating tensors with x's dtype and device, as made by `model.init`.
+        params: a pytree of finite floating tensors with x's dtype and device, as made by
+            `model.init`.
         x: (N, ...) real floating inputs; y: (N, ...) targets. No NaN or inf.
         opt: a GradientTransformation, e.g. `optim.adam(1e-4)`.
-        model: a Network, or any `apply(params, x) -> pred`.
-        loss: `loss(pred, y) -> 0-d tensor`.
+        model: a Network, or any `apply(params, x) -> pred` (pred a tensor).
+        loss: `loss(pred, y) -> 0-d floating tensor` (an integer loss would have no gradient).
         steps: updates to run in this call, >= 1. Give steps or epochs, not both; with neither,
             fit runs DEFAULT_STEPS (500) steps, as the seeds do.
         epochs: passes over the data to run in this call: epochs * ceil(N / batch_size) steps.
