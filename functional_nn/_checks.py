@@ -362,7 +362,8 @@ def as_stacked(params: PyTree, model: Any, x: Tensor) -> tuple[PyTree, int]:
 
     A list or tuple is read as K models when, for a Network, its first item fits the network
     (model.check), or, for a plain callable, its items share one structure and shapes; otherwise
-    as a stacked tree, whose every leaf must have the same leading size K. (So with a plain
+    as a stacked tree, whose every leaf must have the same leading size K. (For a Network that
+    neither reading fits, as with an x of the wrong width, the plain callable's rule decides.) (So with a plain
     callable, a stacked tree that is a list of identically shaped layers reads as a list: pass
     such params as a list of K trees.)
     """
@@ -370,29 +371,46 @@ def as_stacked(params: PyTree, model: Any, x: Tensor) -> tuple[PyTree, int]:
         for i, p in enumerate(params):
             assert_same_structure(p, params[0], f"params[{i}]", "params[0]")
         return tree_stack(list(params)), len(params)
-    sizes = {t.shape[0] if isinstance(t, Tensor) and t.ndim else None for t in tree_leaves(params)}
-    if len(sizes) != 1 or None in sizes:
+    k = _stacked_size(params)
+    if k is None:
         raise ValueError(
             "params must be a list of K params trees, or one tree whose every leaf has a leading "
             f"axis of K models; got {describe(params)}."
         )
-    return params, sizes.pop()
+    return params, k
 
 
 def _is_model_list(params: PyTree, model: Any, x: Tensor) -> bool:
     if not isinstance(params, (list, tuple)) or not params or isinstance(params[0], Tensor):
         return False
     if isinstance(model, Network):
-        try:
-            model.check(params[0], x)
-        except (ValueError, TypeError, AttributeError, KeyError, IndexError):
+        if _fits(model, params[0], x):
+            return True
+        if _stacked_size(params) is not None and _fits(model, tree_index(params, 0), x):
             return False
-        return True
+        # Neither reading fits x: judge by the layout alone, so that the check of model 0 then
+        # names what is wrong, x or the params; one item alone is no evidence of a list.
+        if len(params) == 1:
+            return False
     shapes = lambda tree: [getattr(t, "shape", None) for t in tree_leaves(tree)]  # noqa: E731
     return all(
         tree_structure(p) == tree_structure(params[0]) and shapes(p) == shapes(params[0])
         for p in params
     )
+
+
+def _fits(model: Network, params: PyTree, x: Tensor) -> bool:
+    try:
+        model.check(params, x)
+    except (ValueError, TypeError, AttributeError, KeyError, IndexError):
+        return False
+    return True
+
+
+def _stacked_size(params: PyTree) -> int | None:
+    """K, when every leaf of params has one leading size K; else None."""
+    sizes = {t.shape[0] if isinstance(t, Tensor) and t.ndim else None for t in tree_leaves(params)}
+    return sizes.pop() if len(sizes) == 1 else None
 
 
 def check_lrs(opt: Any, lrs: Any, k: int, device: torch.device) -> Tensor | None:
@@ -418,7 +436,33 @@ def check_lrs(opt: Any, lrs: Any, k: int, device: torch.device) -> Tensor | None
     for i, lr in enumerate(values):
         if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0.0 <= lr < math.inf:
             raise ValueError(f"lrs[{i}] must be a finite number >= 0, got {lr!r}.")
-    return torch.tensor(values, dtype=torch.float64, device=device)
+    lrs = torch.tensor(values, dtype=torch.float64, device=device)
+    check_lr_factory(opt, lrs)
+    return lrs
+
+
+def check_lr_factory(make_opt: Callable, lrs: Tensor) -> None:
+    """make_opt(lr) works as fit_ensemble calls it: inside vmap, with lr a 0-d tensor whose value
+    differs between the models, so that Python cannot branch on it."""
+    made = []
+
+    def call(lr):
+        made.append(make_opt(lr))
+        return lr
+
+    try:
+        torch.func.vmap(call)(lrs)
+    except RuntimeError as e:  # vmap refuses data-dependent control flow and .item()
+        raise ValueError(
+            f"opt(lr) fails when called as fit_ensemble calls it, inside vmap with lr a 0-d tensor "
+            "of a different value for each model: the factory must not branch on lr's value or "
+            "read it as a Python number (if lr > ..., float(lr), lr.item()); pass lr to the "
+            f"optimizer as it is, e.g. lambda lr: optim.adam(lr). vmap said: {e}"
+        ) from e
+    if not isinstance(made[0], GradientTransformation):
+        raise TypeError(
+            f"opt(lr) must return a GradientTransformation, e.g. optim.adam(lr), got {_given(made[0])}."
+        )
 
 
 def check_val(val: Any, params: PyTree, x: Tensor, model: Any) -> None:
