@@ -65,8 +65,9 @@ def make_step(apply: Callable, loss: Loss, opt: GradientTransformation, spec=Non
             but the one `apply` reads). The optimizer state must then be made from that list.
     Returns:
         `step(params, state, xb, yb) -> (params, state, loss, finite)`: the params and state after
-        one update on the batch, the loss before it (0-d), and a 0-d bool that is True when the loss
-        and every gradient are finite. Nothing syncs with the host.
+        one update on the batch, the loss before it (0-d), and a 0-d bool that is True when the
+        loss, every gradient and every updated param are finite (an update can overflow where
+        the gradients did not, e.g. adam's eps vanishes in float16). Nothing syncs with the host.
     """
     model = apply if spec is None else (lambda leaves, xb: apply(tree_unflatten(leaves, spec), xb))
     value_and_grad = torch.func.grad_and_value(lambda p, xb, yb: loss(model(p, xb), yb))
@@ -74,16 +75,19 @@ def make_step(apply: Callable, loss: Loss, opt: GradientTransformation, spec=Non
     def step(params, state, xb, yb):
         grads, value = value_and_grad(params, xb, yb)
         updates, state = opt.update(grads, state, params)
-        return apply_updates(params, updates), state, value, _finite(value, tree_leaves(grads))
+        params = apply_updates(params, updates)
+        return params, state, value, _finite([value, *tree_leaves(grads), *tree_leaves(params)])
 
     return step
 
 
-def _finite(value: Tensor, grads: list[Tensor]) -> Tensor:
-    """True when the loss and every gradient are finite: NaN and inf survive a sum, so one sum per
-    gradient (a read of it) tells, where isfinite would write a mask of it. A gradient whose sum
-    overflows counts as non-finite too: that is divergence in all but name."""
-    return torch.isfinite(torch.stack([value, *[g.sum().to(value.dtype) for g in grads]])).all()
+def _finite(tensors: list[Tensor]) -> Tensor:
+    """True when every tensor is finite: NaN and inf survive a sum, so one sum per tensor (a read
+    of it) tells, where isfinite would write a mask of it. The sums run in float32 at least, so
+    that finite float16 params do not overflow theirs; a sum that overflows float32 counts as
+    non-finite: that is divergence in all but name."""
+    dtype = functools.reduce(torch.promote_types, [t.dtype for t in tensors], torch.float32)
+    return torch.isfinite(torch.stack([t.sum(dtype=dtype) for t in tensors])).all()
 
 
 # compile=True's mode, by device type. On CPU, max-autotune-no-cudagraphs was the fastest in steady
@@ -164,10 +168,13 @@ def fit(
         val: (x_val, y_val) to evaluate the loss on every eval_every steps and after the last.
         callbacks: `callback(step, loss, params) -> bool` called at each evaluation; True stops
             training (see `callbacks.py`, e.g. EarlyStopping).
-        log_every: print a progress line to stderr every log_every steps; 0 for none.
+        log_every: print a progress line to stderr every log_every steps, naming the last step
+            run and its loss; 0 for none.
         eval_every: steps between evaluations; None for once per epoch (every step full batch).
-        on_nonfinite: when a loss or gradient is NaN or inf: "raise" a FloatingPointError naming
-            the step, "stop" and return the params from before that step, or "ignore" it.
+        on_nonfinite: when a loss, gradient or updated param is NaN or inf: "raise" a
+            FloatingPointError naming the step, "stop" and return the (finite) params from before
+            that step, or "ignore" it. Steps are numbered from 0, in errors and progress lines
+            alike (see `_loop.py`).
         compile: True to run the whole step compiled by torch.compile, in the mode that
             DEFAULT_COMPILE_MODES gives for x's device (CUDA graphs on cuda);
             or one of COMPILE_MODES. The compiled step is reused by later fits with the same

@@ -110,8 +110,8 @@ def test_ensemble_progress_lines_show_the_mean_loss(capsys):
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 2
     for line, s in zip(lines, (2, 4)):
-        assert line.startswith(f"step {s}/4  loss ")
-        assert float(line.split()[3]) == pytest.approx(float(r.losses[s - 1].mean()), rel=1e-5)
+        assert line.startswith(f"step {s - 1} ({s}/4 done)  loss ")
+        assert float(line.split()[5]) == pytest.approx(float(r.losses[s - 1].mean()), rel=1e-5)
 
 
 BAD = [

@@ -167,12 +167,14 @@ def test_log_every_prints_one_line_per_k_steps_to_stderr(capsys):
     lines = err.splitlines()
     assert out == "" and len(lines) == 3
     for line, s in zip(lines, (3, 6, 9)):
-        m = re.fullmatch(r"step +(\d+)/10  loss (\S+)  val (\S+)  (\S+) steps/s", line)
+        # After s steps: step s - 1 was the last, and its loss is losses[s - 1].
+        m = re.fullmatch(r"step +(\d+) \( *(\d+)/10 done\)  loss (\S+)  val (\S+)  (\S+) steps/s", line)
         assert m, line
-        assert int(m[1]) == s and float(m[2]) == pytest.approx(float(r.losses[s - 1]), rel=1e-5)
+        assert (int(m[1]), int(m[2])) == (s - 1, s)
+        assert float(m[3]) == pytest.approx(float(r.losses[s - 1]), rel=1e-5)
         at_s = fnn.fit(params, x, y, optim.adam(1e-2), model=NET, steps=s).params
-        assert float(m[3]) == pytest.approx(float(fnn.sse(NET.apply(at_s, xv), yv)), rel=1e-5)
-        assert float(m[4]) > 0
+        assert float(m[4]) == pytest.approx(float(fnn.sse(NET.apply(at_s, xv), yv)), rel=1e-5)
+        assert float(m[5]) > 0
     fnn.fit(params, x, y, optim.adam(1e-2), model=NET, steps=4)
     assert capsys.readouterr() == ("", "")
 
