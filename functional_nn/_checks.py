@@ -30,6 +30,7 @@ from .optim.base import GradientTransformation
 
 ON_NONFINITE = ("raise", "stop", "ignore")
 VAL_NAMES = ("val[0] (x_val)", "val[1] (y_val)")
+INT64_MAX = 2**63 - 1
 
 
 def check_int(name: str, value: Any, minimum: int, allow_none: bool = False) -> None:
@@ -160,6 +161,8 @@ def check_length(
             f"<= {n}, or batch_size=None for full batch."
         )
     check_int("start_step", start_step, 0)
+    if start_step > INT64_MAX:  # step counts live in int64 tensors (optimizer states)
+        raise ValueError(f"start_step must be <= 2**63 - 1 (int64), got {start_step}.")
     check_int("log_every", log_every, 0)
     check_int("eval_every", eval_every, 1, allow_none=True)
 

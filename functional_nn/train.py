@@ -159,12 +159,13 @@ def fit(
         epochs: passes over the data to run in this call: epochs * ceil(N / batch_size) steps.
         batch_size: examples per step, 1..N; None for the whole data at every step. Batches are
             as torch's DataLoader(drop_last=False) makes them (the last one short); see `data.py`.
-        shuffle: a new order every epoch, drawn from `torch.Generator().manual_seed(seed)`.
+        shuffle: a new order every epoch, `data.epoch_order(N, seed, epoch)`.
         seed: the seed of the data order.
         opt_state: a state from an earlier fit or `opt.init(params)`; a fresh one when None.
-        start_step: the steps already done (an earlier result's `steps`): the data order and the
-            step counts go on from there, so fit(r.params, ..., opt_state=r.opt_state,
-            start_step=r.steps) continues r bitwise.
+        start_step: the steps already done (an earlier result's `steps`), < 2**63: the data
+            order and the step counts go on from there, so fit(r.params, ...,
+            opt_state=r.opt_state, start_step=r.steps) continues r bitwise, at a cost that does
+            not grow with start_step.
         val: (x_val, y_val) to evaluate the loss on every eval_every steps and after the last.
         callbacks: `callback(step, loss, params) -> bool` called at each evaluation; True stops
             training (see `callbacks.py`, e.g. EarlyStopping).
