@@ -311,11 +311,28 @@ def state_shapes(init: Callable[[PyTree], PyTree], params: PyTree) -> PyTree:
     return init(tree_map(lambda t: torch.empty_like(t, device="meta"), params))
 
 
+def check_not_transformed(name: str) -> None:
+    """Raise when called inside a torch.func transform (grad, vmap, jvp, jacrev, ...): fit trains
+    with torch.func.grad of its own and reads its flags on the host, so through a transform it
+    would fail obscurely or, under grad, silently give a zero gradient.
+
+    torch._C._functorch is private: this is the one place functional_nn reads it.
+    """
+    current_level = getattr(torch._C._functorch, "maybe_current_level", None)
+    if current_level is not None and current_level() is not None:
+        raise RuntimeError(
+            f"{name} was called inside a torch.func transform (grad, vmap, jvp, ...), which it does "
+            f"not support: a gradient through it would be zero. Call {name} outside the transform; "
+            "to differentiate through training, write the loop from train.make_step's step."
+        )
+
+
 def check_fit(
     params, x, y, opt, *, model, loss, steps, epochs, batch_size, shuffle, seed, opt_state,
     start_step, val, callbacks, log_every, eval_every, on_nonfinite,
 ) -> None:
     """All of fit's checks, in the order a reader would fix them."""
+    check_not_transformed("fit")
     check_data(x, y)
     check_params(params, x, model)
     check_finite_params(params)
@@ -341,6 +358,7 @@ def check_ensemble(
         (stacked params, K, lrs as a (K,) float64 tensor on x's device or None); the stacked
         params are the caller's tree when it was stacked already, else a new one.
     """
+    check_not_transformed("fit_ensemble")
     check_data(x, y)
     stacked, k = as_stacked(params, model, x)
     first = tree_index(stacked, 0)
