@@ -168,7 +168,9 @@ def fit(
             not grow with start_step.
         val: (x_val, y_val) to evaluate the loss on every eval_every steps and after the last.
         callbacks: `callback(step, loss, params) -> bool` called at each evaluation; True stops
-            training (see `callbacks.py`, e.g. EarlyStopping).
+            training. A callback's optional on_fit_start() runs before the first step and
+            on_fit_end(result) may replace the result (see `callbacks.py`, e.g. EarlyStopping
+            with restore_best=True).
         log_every: print a progress line to stderr every log_every steps, naming the last step
             run and its loss; 0 for none.
         eval_every: steps between evaluations; None for once per epoch (every step full batch).
@@ -199,6 +201,7 @@ def fit(
     state = opt.init(leaves) if opt_state is None else _respec(opt_state, _checks.state_shapes(opt.init, leaves))
     tree = lambda leaves: tree_unflatten(leaves, spec)  # noqa: E731
     evaluate = None if val is None else (lambda p: loss(apply(tree(p), val[0]), val[1]))
+    hooks = list(callbacks)
     callbacks = [lambda s, l, p, cb=cb: cb(s, l, tree(p)) for cb in callbacks]
     plan = _plan(x.shape[0], steps, epochs, batch_size, start_step, val, callbacks, log_every,
                  eval_every, on_nonfinite)  # fmt: skip
@@ -210,13 +213,18 @@ def fit(
         step = _timing_first_call(compiled_step(apply, loss, opt, spec, mode), first_call)
     else:
         step = make_step(apply, loss, opt, spec)
+    for hook in hooks:
+        getattr(hook, "on_fit_start", lambda: None)()
     result = run(step, evaluate, leaves, state, data, plan)
-    return attrs.evolve(
+    result = attrs.evolve(
         result,
         params=tree(result.params),
         opt_state=tree_unflatten(tree_leaves(result.opt_state), state_spec),
         compile_time=sum(first_call),
     )
+    for hook in hooks:
+        result = getattr(hook, "on_fit_end", lambda r: r)(result)
+    return result
 
 
 def _own_code(fn: Callable) -> Callable:
