@@ -305,13 +305,15 @@ def fit_ensemble(
             this function returns them); model k's params are `tree_index(result.params, k)`.
         opt: a GradientTransformation shared by all models; or, with lrs, a function that makes
             one from a learning rate, e.g. `lambda lr: optim.adam(lr)`. It is called inside vmap
-            with a 0-d tensor lr, so it must not branch on lr's value.
+            with a 0-d tensor lr, so it must not branch on lr's value (a ValueError before any
+            work says so when it does).
         lrs: K learning rates, one per model, or None.
         seed: an int (every model sees the same batches) or K ints (model k's data order is
             fit's with seed[k]); it matters only with shuffled minibatches.
         opt_state: a stacked state from an earlier fit_ensemble, or None for a fresh one.
         log_every: as fit's; the line shows the mean loss over the models.
-        on_nonfinite: as fit's, for the first model and step with a non-finite loss or gradient;
+        on_nonfinite: as fit's, for the first model and step with a non-finite loss, gradient
+            or updated param;
             "stop" stops every model there. With "ignore", a diverging model does not disturb
             the others.
         compile: as fit's, for the vmapped step, but True means torch.compile's "default" mode;
