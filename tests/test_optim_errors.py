@@ -224,3 +224,42 @@ def test_an_infinite_clip_clips_nothing_as_torch_does():
         p.grad = x.clone()
     torch.nn.utils.clip_grad_norm_(params, float("inf"))
     assert all(torch.equal(p.grad, x) for p, x in zip(params, g))
+
+
+ZERO_D_OPTIMIZERS = [
+    (lambda: optim.sgd(1e-2, momentum=0.9), lambda p: torch.optim.SGD(p, 1e-2, momentum=0.9)),
+    (lambda: optim.rmsprop(1e-2), lambda p: torch.optim.RMSprop(p, 1e-2)),
+    (lambda: optim.adam(1e-2), lambda p: torch.optim.Adam(p, 1e-2)),
+    (lambda: optim.adamw(1e-2), lambda p: torch.optim.AdamW(p, 1e-2)),
+    (lambda: optim.adamax(1e-2), lambda p: torch.optim.Adamax(p, 1e-2)),
+    (lambda: optim.nadam(1e-2), lambda p: torch.optim.NAdam(p, 1e-2)),
+    (lambda: optim.radam(1e-2), lambda p: torch.optim.RAdam(p, 1e-2)),
+    (lambda: optim.adagrad(1e-2, lr_decay=0.1), lambda p: torch.optim.Adagrad(p, 1e-2, lr_decay=0.1)),
+]
+
+
+@pytest.mark.parametrize("ours, theirs", ZERO_D_OPTIMIZERS)
+def test_a_0d_param_keeps_its_dtype_and_follows_torch(ours, theirs):
+    """0-d leaves times the optimizers' 0-d float64 factors would promote to float64."""
+    params = {"t": torch.tensor(1.5), "w": torch.tensor([0.5, -2.0])}
+    opt = ours()
+    state = opt.init(params)
+    leaves = [v.clone().requires_grad_() for v in params.values()]
+    torch_opt = theirs(leaves)
+    for step in range(5):
+        grads = {"t": torch.tensor(0.3 - 0.2 * step), "w": torch.tensor([1.0, -0.5]) * (step + 1)}
+        updates, state = opt.update(grads, state, params)
+        params = optim.apply_updates(params, updates)
+        for leaf, g in zip(leaves, grads.values()):
+            leaf.grad = g.clone()
+        torch_opt.step()
+    assert [v.dtype for v in params.values()] == [torch.float32, torch.float32]
+    for ours_leaf, torch_leaf in zip(params.values(), leaves):
+        torch.testing.assert_close(ours_leaf, torch_leaf.detach(), rtol=2e-6, atol=1e-7)
+
+
+def test_an_int_beyond_floats_range_is_a_value_error():
+    with pytest.raises(ValueError, match=r"Invalid lr: 1000.* \(not finite"):
+        optim.sgd(10**400)
+    with pytest.raises(ValueError, match=r"Invalid momentum: 1000.* \(not finite"):
+        optim.sgd(1e-2, momentum=10**400)

@@ -22,7 +22,11 @@ def number(
     where allow_inf says that means "no limit") and `ok(value)`."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a number, got {type(value).__name__}: {value!r}.")
-    if not (math.isfinite(value) or allow_inf and value == math.inf):
+    try:
+        finite = math.isfinite(value)
+    except OverflowError:  # an int beyond float's range
+        finite = False
+    if not (finite or allow_inf and value == math.inf):
         raise ValueError(f"Invalid {name}: {value} (not finite; expected {expected}).")
     if not ok(value):
         raise ValueError(f"Invalid {name}: {value} (expected {expected}).")

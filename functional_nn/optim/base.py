@@ -79,10 +79,17 @@ def leafwise(
     def update(grads, state, params=None):
         g, spec = tree_flatten(grads)
         out, state = update_leaves(g, state, params, spec)
-        return tree_unflatten(out, spec), state
+        return tree_unflatten(_keep_dtypes(out, g), spec), state
 
     update.leaves = update_leaves
     return GradientTransformation(init, update)
+
+
+def _keep_dtypes(out: list[Tensor], like: list[Tensor]) -> list[Tensor]:
+    """`out` in the dtypes of `like`. A 0-d leaf times a 0-d float64 factor (a bias correction,
+    a scheduled lr) promotes to float64, as two 0-d tensors promote by dtype; larger leaves never
+    do, so this is the identity for them."""
+    return [u if u.dtype == x.dtype else u.to(x.dtype) for u, x in zip(out, like)]
 
 
 def check_state(state: PyTree, state_type: type, grads: list[Tensor], spec) -> None:
@@ -198,9 +205,10 @@ def chain(*transforms: GradientTransformation) -> GradientTransformation:
 
         def update_leaves(g, state, p, spec):
             check(state)
-            new_state = []
+            g_in, new_state = g, []
             for part, s in zip(parts, state):
                 g, s = part(g, s, p, spec)
+                g = _keep_dtypes(g, g_in)
                 new_state.append(s)
             return g, tuple(new_state)
 
