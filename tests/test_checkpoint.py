@@ -379,3 +379,11 @@ def test_tensors_without_a_byte_buffer_round_trip(tmp_path):
 def test_save_into_a_missing_directory_names_it(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"save: the directory of '.*nowhere/ck.pt' does not exist"):
         checkpoint.save(tmp_path / "nowhere" / "ck.pt", {"w": W})
+
+
+def test_loading_onto_meta_reads_shapes_without_a_checksum_error(tmp_path):
+    path = tmp_path / "ckpt.pt"
+    checkpoint.save(path, {"w": torch.arange(6.0).reshape(2, 3)}, steps=3)
+    loaded = checkpoint.load(path, map_location="meta")
+    assert loaded.params["w"].is_meta and loaded.params["w"].shape == (2, 3)
+    assert loaded.meta == {"steps": 3}
