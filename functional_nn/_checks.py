@@ -161,8 +161,15 @@ def check_length(
             f"<= {n}, or batch_size=None for full batch."
         )
     check_int("start_step", start_step, 0)
-    if start_step > INT64_MAX:  # step counts live in int64 tensors (optimizer states)
-        raise ValueError(f"start_step must be <= 2**63 - 1 (int64), got {start_step}.")
+    # Step counts live in int64 tensors (optimizer states): the last step must fit. With neither
+    # steps nor epochs fit runs DEFAULT_STEPS (500).
+    per_epoch = 1 if batch_size is None else math.ceil(n / batch_size)
+    total = steps if steps is not None else 500 if epochs is None else epochs * per_epoch
+    if start_step + total > INT64_MAX:
+        raise ValueError(
+            f"start_step + the steps of this call must be <= 2**63 - 1 (int64 step counts), got "
+            f"{start_step} + {total}; start from a smaller step count."
+        )
     check_int("log_every", log_every, 0)
     check_int("eval_every", eval_every, 1, allow_none=True)
 

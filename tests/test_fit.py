@@ -129,8 +129,11 @@ def test_fit_resumes_at_step_2_to_the_62_at_once():
     params, x, y = problem()
     r = fnn.fit(params, x, y, optim.sgd(1e-3), model=NET, steps=2, batch_size=6, start_step=2**62)
     assert r.steps == 2**62 + 2
-    with pytest.raises(ValueError, match=r"start_step must be <= 2\*\*63 - 1 \(int64\), got 9223372036854775808"):
+    with pytest.raises(ValueError, match=r"start_step \+ the steps of this call must be <= 2\*\*63 - 1 .*got 9223372036854775808 \+ 2"):
         fnn.fit(params, x, y, optim.sgd(1e-3), model=NET, steps=2, start_step=2**63)
+    # The run's end counts, not only its start: 3 epochs of 4 batches from 2**63 - 12 fit exactly.
+    with pytest.raises(ValueError, match=r"got 9223372036854775797 \+ 12"):
+        fnn.fit(params, x, y, optim.sgd(1e-3), model=NET, epochs=3, batch_size=6, start_step=2**63 - 11)
 
 
 def test_unshuffled_batches_are_consecutive_rows():
