@@ -81,10 +81,15 @@ def register(cls: type) -> type:
     Afterwards the class is a pytree node (tree_map, fit and vmap see its fields) and
     `torch.load(weights_only=True)`, hence `load`, accepts it.
 
+    Registering a class again is harmless.
+
     Args:
-        cls: a NamedTuple class or an attrs class.
+        cls: a NamedTuple class or an attrs class (every field an argument of its __init__;
+            private fields such as `_count`, which __init__ takes as `count`, are fine).
     Returns:
         cls itself.
+    Raises:
+        TypeError: cls is not such a class, is defined inside a function, or has init=False fields.
     """
     if not isinstance(cls, type):
         raise TypeError(f"register takes a class; got {cls!r} ({type(cls).__name__}).")

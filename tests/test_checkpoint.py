@@ -18,7 +18,7 @@ import torch
 
 import functional_nn as fnn
 from functional_nn import checkpoint, optim
-from functional_nn._pytree import register_attrs, tree_leaves
+from functional_nn._pytree import register_attrs, tree_leaves, tree_map
 from tests.helpers import assert_trees_close
 
 NET = fnn.mlp([4, 6, 2])
@@ -208,6 +208,23 @@ class UserAttrsState:
     inner: UserState
 
 
+@checkpoint.register
+@attrs.frozen
+class PrivateFieldsState:
+    """attrs takes the field `_count` as `count` in __init__: rebuilding it must use that name."""
+
+    _count: torch.Tensor
+    trace: torch.Tensor
+
+
+@attrs.frozen
+class DerivedFieldState:
+    """A field __init__ does not take: no pytree could rebuild this class from its fields."""
+
+    count: torch.Tensor
+    total: torch.Tensor = attrs.field(init=False, default=torch.zeros(()))
+
+
 W = torch.arange(6.0).reshape(2, 3)
 
 # (id, params, opt_state, meta, the path the message names, the fix it suggests)
@@ -256,7 +273,19 @@ def test_registered_user_states_round_trip_and_are_pytrees(tmp_path):
     assert type(plain["opt_state"][1]) is UserAttrsState
 
 
-def test_register_refuses_what_it_cannot_register():
+def test_a_registered_attrs_state_with_private_fields_is_a_pytree_and_round_trips(tmp_path):
+    state = PrivateFieldsState(torch.tensor([1.0, 2.0]), torch.tensor(5))
+    assert checkpoint.register(PrivateFieldsState) is PrivateFieldsState  # a second time: harmless
+    doubled = tree_map(lambda t: 2 * t, state)
+    assert type(doubled) is PrivateFieldsState
+    assert torch.equal(doubled._count, torch.tensor([2.0, 4.0])) and torch.equal(doubled.trace, torch.tensor(10))
+    checkpoint.save(tmp_path / "ck.pt", {"w": W}, state)
+    got = checkpoint.load(tmp_path / "ck.pt").opt_state
+    assert type(got) is PrivateFieldsState
+    assert torch.equal(got._count, state._count) and torch.equal(got.trace, state.trace)
+
+
+def test_register_refuses_what_it_cannot_register(tmp_path):
     class Local(NamedTuple):
         x: torch.Tensor
 
@@ -266,6 +295,10 @@ def test_register_refuses_what_it_cannot_register():
         checkpoint.register(Opaque)
     with pytest.raises(TypeError, match=r"register takes a class; got 3"):
         checkpoint.register(3)
+    with pytest.raises(TypeError, match=r"DerivedFieldState, whose fields \['total'\] are not arguments of its __init__"):
+        checkpoint.register(DerivedFieldState)
+    with pytest.raises(TypeError, match=r"opt_state is tests\.test_checkpoint\.DerivedFieldState, a class"):
+        checkpoint.save(tmp_path / "ck.pt", {"w": W}, DerivedFieldState(W))  # so it stays unregistered
 
 
 # --- checksums ---
