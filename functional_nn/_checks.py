@@ -509,8 +509,11 @@ def check_val(val: Any, params: PyTree, x: Tensor, model: Any) -> None:
     if isinstance(model, Network):
         try:
             model.check(params, val[0])
-        except (TypeError, ValueError) as e:  # the network's message calls its input x
-            raise type(e)(f"val[0] (x_val) does not fit the model: {e}") from None
+        except (TypeError, ValueError) as e:
+            # params fit x (checked before), so this is about x_val, which the network's message
+            # calls x, its input's name: say x_val there, lest the message blame x.
+            message = re.sub(r"\bx\b", "x_val", str(e))
+            raise type(e)(f"val[0] (x_val) does not fit the model: {message}") from None
 
 
 def _given(value: Any) -> str:

@@ -95,7 +95,8 @@ CASES = [
     ("callbacks", lambda kw: {"callbacks": [1]}, TypeError, r"callbacks must be a list or tuple of callables"),
     ("val-single", lambda kw: {"val": kw["x"]}, TypeError, r"val must be a pair \(x_val, y_val\) of tensors"),
     ("val-width", lambda kw: {"val": (torch.randn(3, 4), torch.randn(3, D_OUT))}, ValueError,
-     r"^val\[0\] \(x_val\) does not fit the model: x has shape \(3, 4\), but the first layer expects 5"),
+     r"^val\[0\] \(x_val\) does not fit the model: x_val has shape \(3, 4\), but the first layer expects 5 "
+     r"features in its last dimension: pass x_val of shape \(N, 5\)"),
     ("val-rows", lambda kw: {"val": (torch.randn(3, D_IN), torch.randn(2, D_OUT))}, ValueError,
      r"val\[0\] \(x_val\) and val\[1\] \(y_val\) must have the same number of rows"),
     ("val-nan", lambda kw: {"val": (torch.full((3, D_IN), float("nan")), torch.randn(3, D_OUT))}, ValueError,
