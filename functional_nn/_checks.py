@@ -238,34 +238,47 @@ def check_opt_state(opt_state: PyTree, expected: PyTree, device: torch.device) -
 
 
 def check_outputs(
-    model: Any, loss: Any, params: PyTree, x: Tensor, y: Tensor, names: tuple[str, str] = ("x", "y")
+    model: Any, loss: Any, params: PyTree, x: Tensor, y: Tensor, names: tuple[str, str] = ("x", "y"),
+    rows: int | None = None,
 ) -> None:
-    """model(params, x) is a tensor and loss(pred, y) a 0-d floating tensor, found by one run of
-    each on meta tensors (shapes and dtypes, no arithmetic); then y's values against the loss
-    (losses.check: class labels in range, one host sync).
+    """model(params, xb) is a tensor and loss(pred, yb) a 0-d floating tensor, found by one run of
+    each on meta tensors (shapes and dtypes, no arithmetic) of the shape a training step feeds
+    them: xb, yb = x[:rows], y[:rows] (all of x and y when rows is None); then all of y's values
+    against the loss (losses.check: class labels in range, one host sync).
 
     A model or loss that cannot run on meta tensors (an op without a meta kernel, .item(), a
     tensor made on another device) is not refused for it: the abstract check is skipped, and its
-    mistakes surface at the first step instead.
+    mistakes surface at the first step instead (make_step checks pred and the loss there too).
     """
     x_name, y_name = names
+    xb, yb = x, y
+    if rows is not None and rows < x.shape[0]:  # a minibatch: what the model is given, e.g. x[:4]
+        xb, yb, x_name, y_name = x[:rows], y[:rows], f"{x_name}[:{rows}]", f"{y_name}[:{rows}]"
     apply = model.apply if isinstance(model, Network) else model
     meta = lambda t: t.to("meta") if isinstance(t, Tensor) else t  # noqa: E731
-    shapes = f"{x_name} of shape {tuple(x.shape)} and params {describe(params)}"
-    pred = _on_meta(f"model(params, {x_name})", shapes, lambda: apply(tree_map(meta, params), meta(x)))
+    shapes = f"{x_name} of shape {tuple(xb.shape)} and params {describe(params)}"
+    pred = _on_meta(f"model(params, {x_name})", shapes, lambda: apply(tree_map(meta, params), meta(xb)))
     if pred is None:
         return
-    if not isinstance(pred, Tensor):
-        raise TypeError(f"model(params, {x_name}) must return a tensor, got {_given(pred)}.")
-    shapes = f"pred {_spec(pred)} and {y_name} {_spec(y)}"
-    value = _on_meta(f"loss(pred, {y_name})", shapes, lambda: loss(pred, meta(y)))
+    check_pred(pred, f"model(params, {x_name})")
+    shapes = f"pred {_spec(pred)} and {y_name} {_spec(yb)}"
+    value = _on_meta(f"loss(pred, {y_name})", shapes, lambda: loss(pred, meta(yb)))
     if value is None:
         return
     check_loss_value(value, f"loss(pred, {y_name})")
+    # Every target's value, not only the batch's: the losses that losses.check knows pair pred and
+    # target row by row, so the predictions for all of y have the batch's shape past its rows.
+    pred_shape = (y.shape[0], *pred.shape[1:]) if pred.ndim and yb is not y else pred.shape
     try:
-        losses.check(loss, pred.shape, y)
+        losses.check(loss, pred_shape, y)
     except (TypeError, ValueError) as e:
-        raise type(e)(f"{y_name}: {e}" if y_name != "y" else str(e)) from None
+        raise type(e)(f"{names[1]}: {e}" if names[1] != "y" else str(e)) from None
+
+
+def check_pred(pred: Any, call: str) -> None:
+    """A model's output must be a tensor (a loss of a tuple has no meaning fit can check)."""
+    if not isinstance(pred, Tensor):
+        raise TypeError(f"{call} must return a tensor, got {_given(pred)}.")
 
 
 def check_loss_value(value: Any, call: str) -> None:
@@ -350,7 +363,7 @@ def check_fit(
     check_val(val, params, x, model)
     if opt_state is not None:
         check_opt_state(opt_state, state_shapes(opt.init, params), x.device)
-    check_outputs(model, loss, params, x, y)
+    check_outputs(model, loss, params, x, y, rows=batch_size)
     if val is not None:
         check_outputs(model, loss, params, val[0], val[1], VAL_NAMES)
 
@@ -379,7 +392,7 @@ def check_ensemble(
     check_seeds(seed, k)
     check_options(loss, shuffle, (), on_nonfinite)
     check_val(val, first, x, model)
-    check_outputs(model, loss, first, x, y)
+    check_outputs(model, loss, first, x, y, rows=batch_size)
     if val is not None:
         check_outputs(model, loss, first, val[0], val[1], VAL_NAMES)
     return stacked, k, lrs
@@ -509,8 +522,11 @@ def check_val(val: Any, params: PyTree, x: Tensor, model: Any) -> None:
     if isinstance(model, Network):
         try:
             model.check(params, val[0])
-        except (TypeError, ValueError) as e:  # the network's message calls its input x
-            raise type(e)(f"val[0] (x_val) does not fit the model: {e}") from None
+        except (TypeError, ValueError) as e:
+            # params fit x (checked before), so this is about x_val, which the network's message
+            # calls x, its input's name: say x_val there, lest the message blame x.
+            message = re.sub(r"\bx\b", "x_val", str(e))
+            raise type(e)(f"val[0] (x_val) does not fit the model: {message}") from None
 
 
 def _given(value: Any) -> str:

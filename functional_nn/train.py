@@ -68,9 +68,21 @@ def make_step(apply: Callable, loss: Loss, opt: GradientTransformation, spec=Non
         one update on the batch, the loss before it (0-d), and a 0-d bool that is True when the
         loss, every gradient and every updated param are finite (an update can overflow where
         the gradients did not, e.g. adam's eps vanishes in float16). Nothing syncs with the host.
+        It raises TypeError or ValueError, as fit's checks do, when the model returns no tensor
+        or the loss no 0-d floating tensor.
     """
     model = apply if spec is None else (lambda leaves, xb: apply(tree_unflatten(leaves, spec), xb))
-    value_and_grad = torch.func.grad_and_value(lambda p, xb, yb: loss(model(p, xb), yb))
+
+    def checked_loss(p, xb, yb):
+        # fit checks these on meta tensors before any work, unless the model or loss cannot run
+        # there (.item()); then here, at the first step, before any update: metadata only, free.
+        pred = model(p, xb)
+        _checks.check_pred(pred, "model(params, x)")
+        value = loss(pred, yb)
+        _checks.check_loss_value(value, "loss(pred, y)")
+        return value
+
+    value_and_grad = torch.func.grad_and_value(checked_loss)
 
     def step(params, state, xb, yb):
         grads, value = value_and_grad(params, xb, yb)
@@ -142,10 +154,12 @@ def fit(
 
     Pure: nothing the caller passed is mutated, and the same inputs give bitwise the same result
     on CPU. Every input is checked before any work (see `_checks.py`): among others, the model
-    and the loss run once on meta tensors (shapes only), so a mismatch of x, params, y or val
-    with the model or the loss is a ValueError naming the call that failed, before the first
-    step, for a plain callable model as for a Network. A model or loss that cannot run on meta
-    tensors (.item(), an op without a meta kernel) skips that check.
+    and the loss run once on meta tensors (shapes only) of the shapes a step gives them (a batch
+    of batch_size rows; all of val), so a mismatch of x, params, y or val with the model or the
+    loss is a ValueError naming the call that failed, before the first step, for a plain
+    callable model as for a Network. A model or loss that cannot run on meta tensors (.item(),
+    an op without a meta kernel) skips that check; what it returns is then checked at the
+    first step, before any update.
 
     Args:
         params: a pytree of finite floating tensors with x's dtype and device, as made by

@@ -95,7 +95,8 @@ CASES = [
     ("callbacks", lambda kw: {"callbacks": [1]}, TypeError, r"callbacks must be a list or tuple of callables"),
     ("val-single", lambda kw: {"val": kw["x"]}, TypeError, r"val must be a pair \(x_val, y_val\) of tensors"),
     ("val-width", lambda kw: {"val": (torch.randn(3, 4), torch.randn(3, D_OUT))}, ValueError,
-     r"^val\[0\] \(x_val\) does not fit the model: x has shape \(3, 4\), but the first layer expects 5"),
+     r"^val\[0\] \(x_val\) does not fit the model: x_val has shape \(3, 4\), but the first layer expects 5 "
+     r"features in its last dimension: pass x_val of shape \(N, 5\)"),
     ("val-rows", lambda kw: {"val": (torch.randn(3, D_IN), torch.randn(2, D_OUT))}, ValueError,
      r"val\[0\] \(x_val\) and val\[1\] \(y_val\) must have the same number of rows"),
     ("val-nan", lambda kw: {"val": (torch.full((3, D_IN), float("nan")), torch.randn(3, D_OUT))}, ValueError,
@@ -242,3 +243,74 @@ def test_a_loss_that_cannot_run_on_meta_tensors_still_trains():
     loss = lambda p, t: fnn.sse(p, t) * (1.0 + 0.0 * p.sum().item())  # noqa: E731
     r = fnn.fit(kw["params"], kw["x"], kw["y"], optim.sgd(1e-3), model=NET.apply, loss=loss, steps=2)
     assert r.steps == 2 and bool(torch.isfinite(r.losses).all())
+
+
+def batch_of(rows):
+    """NET for inputs of exactly `rows` rows, as a model written for one batch size is (x.view with
+    the batch size spelled out)."""
+    return lambda params, x: NET.apply(params, x.view(rows, D_IN))
+
+
+def test_the_abstract_run_gives_the_model_a_training_batch_not_all_of_x():
+    kw = good()
+    # Batches of 2 rows are what this model takes, and what fit gives it: it trains as NET does.
+    r = fnn.fit(kw["params"], kw["x"], kw["y"], optim.sgd(1e-2), model=batch_of(2), batch_size=2, steps=4)
+    expected = fnn.fit(kw["params"], kw["x"], kw["y"], optim.sgd(1e-2), model=NET, batch_size=2, steps=4)
+    for got, want in zip(tree_leaves(r.params), tree_leaves(expected.params)):
+        assert torch.equal(got, want)
+    # Batches of 3 it cannot take: refused before any work, naming the batch it was given.
+    real_calls = []
+    with pytest.raises(ValueError, match=r"^model\(params, x\[:3\]\) fails for x\[:3\] of shape \(3, 5\)"):
+        fnn.fit(kw["params"], kw["x"], kw["y"], optim.sgd(1e-2), model=spying(batch_of(2), real_calls),
+                batch_size=3, steps=4)  # fmt: skip
+    assert real_calls == []
+
+
+def test_with_minibatches_every_label_is_checked_not_only_the_first_batch():
+    kw = good()
+    labels = torch.tensor([0, 1, 2, 2, 0, 3])  # the bad label is in the last batch of 2
+    with pytest.raises(ValueError, match=r"^cross_entropy: class labels for 3 classes must lie in \[0, 2\], got values from 0 to 3"):
+        fnn.fit(kw["params"], kw["x"], labels, kw["opt"], model=NET.apply, loss=fnn.cross_entropy,
+                batch_size=2, steps=2)  # fmt: skip
+
+
+def counting(opt, calls):
+    """opt, appending to calls at each update."""
+
+    def update(grads, state, params=None):
+        calls.append(1)
+        return opt.update(grads, state, params)
+
+    return optim.GradientTransformation(opt.init, update)
+
+
+def reads_item(loss):
+    """loss, after reading pred through .item(), which meta tensors cannot run: fit's abstract
+    check of the loss is skipped."""
+
+    def wrapped(pred, y):
+        pred.sum().item()
+        return loss(pred, y)
+
+    return wrapped
+
+
+# What the model or loss returns, when only the first step can tell (the abstract run skipped).
+FIRST_STEP_CASES = [
+    ("loss-float", NET.apply, reads_item(lambda p, t: fnn.sse(p, t).item()), TypeError,
+     r"^loss\(pred, y\) must return a 0-d floating tensor, got float"),
+    ("loss-integer", NET.apply, reads_item(lambda p, t: fnn.sse(p, t).long()), TypeError,
+     r"^loss\(pred, y\) must return a 0-d floating tensor, got dtype torch.int64"),
+    ("loss-not-scalar", NET.apply, reads_item(lambda p, t: (p - t) ** 2), ValueError,
+     r"^loss\(pred, y\) must return a 0-d floating tensor, got shape \(6, 3\)"),
+    ("model-not-tensor", lambda p, x: [item_model(p, x)], lambda pred, t: fnn.sse(pred[0], t), TypeError,
+     r"^model\(params, x\) must return a tensor, got list"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("model, loss, error, message", [c[1:] for c in FIRST_STEP_CASES], ids=[c[0] for c in FIRST_STEP_CASES])
+def test_what_meta_tensors_cannot_check_the_first_step_does_before_any_update(model, loss, error, message):
+    kw, calls = good(), []
+    with pytest.raises(error, match=message):
+        fnn.fit(kw["params"], kw["x"], kw["y"], counting(optim.sgd(1e-3), calls), model=model, loss=loss, steps=2)
+    assert calls == []
