@@ -18,10 +18,14 @@ threshold (128 KiB, rising to at most 32 MiB) page faults on first write: reusin
 what keeps a step near torch.optim's in-place speed.
 
 A scalar operand `s` may be a number or a 0-d tensor (a step size, a bias correction, a learning
-rate batched by vmap); 0-d tensors do not promote the lists' dtype.
+rate batched by vmap); 0-d tensors do not promote the lists' dtype. The factors a step derives
+from its count are Python floats where reading the count waits on nothing (`value`): then they
+cost no tensor ops and reach the kernels as plain numbers, as torch.optim's do.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor
@@ -67,7 +71,33 @@ def reusable(a: list[Tensor], *operands) -> bool:
     return True
 
 
-def once(t: Tensor) -> Tensor:
+def value(t: Tensor) -> float | Tensor:
+    """A 0-d state tensor (a step count, NAdam's momentum product) as the number a step derives
+    its factors from: a Python float for a plain CPU tensor in eager code (reading it waits on no
+    device); else `t` as a float64 tensor, so that nothing syncs with a GPU and vmap, grad,
+    autograd and torch.compile trace through it. Both give the same float64 arithmetic."""
+    if torch.compiler.is_compiling():  # first: dynamo cannot trace _is_wrapped
+        return t.to(torch.float64)
+    if t.device.type == "cpu" and not t.requires_grad and not _is_wrapped(t):
+        return float(t)
+    return t.to(torch.float64)
+
+
+def scalar_sqrt(x: float | Tensor) -> float | Tensor:
+    """sqrt of a number from `value` (a float or a 0-d tensor); NaN below 0 for both."""
+    if isinstance(x, Tensor):
+        return torch.sqrt(x)
+    return math.sqrt(x) if x >= 0.0 else math.nan
+
+
+def select(condition: bool | Tensor, a: float | Tensor, b: float | Tensor) -> float | Tensor:
+    """a if `condition` else b, for a bool or a 0-d bool tensor (no host sync decides it)."""
+    if isinstance(condition, Tensor):
+        return torch.where(condition, a, b)
+    return a if condition else b
+
+
+def once(t: float | Tensor) -> float | Tensor:
     """`t`, a 0-d tensor that many elements use (a bias correction, a scheduled learning rate),
     computed once per step under torch.compile.
 
@@ -76,7 +106,7 @@ def once(t: Tensor) -> Tensor:
     A two-element sum is a reduction, which inductor computes once, into a buffer of its own; and
     (t + t) / 2 is t exactly. Eager code, which computes t once anyway, gets t itself.
     """
-    return t.expand(2).sum() * 0.5 if torch.compiler.is_compiling() else t
+    return t.expand(2).sum() * 0.5 if torch.compiler.is_compiling() and isinstance(t, Tensor) else t
 
 
 def _pairs(a: list[Tensor], b: list[Tensor] | Scalar) -> list:

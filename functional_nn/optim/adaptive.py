@@ -1,10 +1,12 @@
 """Per-coordinate step sizes: the transforms behind RMSprop, Adagrad and the Adam family.
 
 Each returns a direction without the learning rate (`scale_by_learning_rate` comes after it in the
-aliases), computed in the op order of torch.optim's single-tensor (foreach=False) code. Scalars that
-torch keeps as Python floats (bias corrections, NAdam's momentum schedule, RAdam's rectification)
-are float64 0-d tensors here, derived from the step count without a host sync. Every transform
-returns updates with the grads' tree and shapes; its state holds trees shaped like the params.
+aliases), with torch.optim's arithmetic: its op order, or its multi-tensor code's folding of the
+scalars into one denominator, within rounding. Scalars that torch keeps as Python floats (bias
+corrections, NAdam's momentum schedule, RAdam's rectification) are derived from the step count
+in float64: Python floats in eager CPU code, 0-d tensors elsewhere (no host sync on a GPU; traced
+by vmap, grad and compile): see `_foreach.value`. Every transform returns updates with the grads'
+tree and shapes; its state holds trees shaped like the params.
 """
 
 from __future__ import annotations
@@ -16,13 +18,13 @@ from torch import Tensor
 
 from .._pytree import PyTree, register_namedtuple, tree_leaves, tree_map, tree_unflatten, zeros_like
 from . import _foreach
-from ._foreach import once
+from ._foreach import once, scalar_sqrt, select
 from .base import GradientTransformation, checked_leaves, leafwise
 from .transforms import zero_count
 
 
-def _steps(count: Tensor) -> Tensor:
-    return count.to(torch.float64)
+def _steps(count: Tensor) -> float | Tensor:
+    return _foreach.value(count)
 
 
 def _moments(g: list[Tensor], state, spec, b1: float, b2: float) -> tuple[list[Tensor], list[Tensor]]:
@@ -77,8 +79,8 @@ def scale_by_adam(
         mu, nu = _moments(g, state, spec, b1, b2)
         nu_max = _foreach.maximum(tree_leaves(state.nu_max), nu) if amsgrad else nu
         t = _steps(count)
-        bias_correction1 = 1.0 - torch.pow(b1, t)
-        bias_correction2_sqrt = torch.sqrt(1.0 - torch.pow(b2, t))
+        bias_correction1 = 1.0 - b1**t
+        bias_correction2_sqrt = scalar_sqrt(1.0 - b2**t)
         denom = _foreach.mul_(_foreach.sqrt(nu_max), once(bias_correction1 / bias_correction2_sqrt))
         out = _over(mu, _foreach.add_scalar_(denom, once(eps * bias_correction1)))
         tree = lambda leaves: tree_unflatten(leaves, spec)  # noqa: E731
@@ -116,7 +118,7 @@ def scale_by_adamax(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> Gr
         mu = _foreach.lerp(checked_leaves(state.mu, g, spec), g, 1.0 - b1)
         decayed = _foreach.mul(tree_leaves(state.nu), b2)
         nu = _foreach.maximum_(decayed, _foreach.add_scalar_(_foreach.abs(g), eps))
-        out = _foreach.div_(_foreach.div(mu, nu), once(1.0 - torch.pow(b1, _steps(count))))
+        out = _foreach.div_(_foreach.div(mu, nu), once(1.0 - b1 ** _steps(count)))
         return out, ScaleByAdamaxState(count, tree_unflatten(mu, spec), tree_unflatten(nu, spec))
 
     return leafwise(init, update_leaves)
@@ -156,13 +158,14 @@ def scale_by_nadam(
     def update_leaves(g, state, params, spec):
         count = state.count + 1
         t = _steps(count)
-        mu_t = b1 * (1.0 - 0.5 * torch.pow(0.96, t * momentum_decay))
-        mu_next = b1 * (1.0 - 0.5 * torch.pow(0.96, (t + 1.0) * momentum_decay))
+        mu_t = b1 * (1.0 - 0.5 * 0.96 ** (t * momentum_decay))
+        mu_next = b1 * (1.0 - 0.5 * 0.96 ** ((t + 1.0) * momentum_decay))
         mu_product = state.mu_product * mu_t
+        product = _foreach.value(mu_product)
         mu, nu = _moments(g, state, spec, b1, b2)
-        denom = _foreach.add_scalar_(_foreach.sqrt_(_foreach.div(nu, once(1.0 - torch.pow(b2, t)))), eps)
-        grad_part = _foreach.mul(g, once((1.0 - mu_t) / (1.0 - mu_product)))
-        momentum_part = _foreach.mul(mu, once(mu_next / (1.0 - mu_product * mu_next)))
+        denom = _foreach.add_scalar_(_foreach.sqrt_(_foreach.div(nu, once(1.0 - b2**t))), eps)
+        grad_part = _foreach.mul(g, once((1.0 - mu_t) / (1.0 - product)))
+        momentum_part = _foreach.mul(mu, once(mu_next / (1.0 - product * mu_next)))
         out = _over(_foreach.add_(grad_part, momentum_part), denom)
         mu, nu = tree_unflatten(mu, spec), tree_unflatten(nu, spec)
         return out, ScaleByNadamState(count, mu_product, mu, nu)
@@ -204,13 +207,13 @@ def scale_by_radam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> Gra
         count = state.count + 1
         t = _steps(count)
         mu, nu = _moments(g, state, spec, b1, b2)
-        bias_correction1, bias_correction2 = 1.0 - torch.pow(b1, t), 1.0 - torch.pow(b2, t)
-        rho_t = rho_inf - 2 * t * torch.pow(b2, t) / bias_correction2
-        rect = torch.sqrt((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t))
-        # Both branches in one expression, picked by 0-d tensors: no host sync decides the step.
+        bias_correction1, bias_correction2 = 1.0 - b1**t, 1.0 - b2**t
+        rho_t = rho_inf - 2 * t * b2**t / bias_correction2
+        rect = scalar_sqrt((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t))
+        # Both branches in one expression, picked by `select`: no host sync decides the step.
         rectified = rho_t > 5.0
-        s_t = torch.where(rectified, torch.sqrt(bias_correction2) * rect / bias_correction1, 0.0)
-        u_t = torch.where(rectified, 0.0, 1.0 / bias_correction1)
+        s_t = select(rectified, scalar_sqrt(bias_correction2) * rect / bias_correction1, 0.0)
+        u_t = select(rectified, 0.0, 1.0 / bias_correction1)
         denom = _foreach.div_(_foreach.add_scalar_(_foreach.sqrt(nu), eps), once(s_t))
         out = _foreach.mul_(_foreach.add_scalar_(_foreach.reciprocal_(denom), once(u_t)), mu)
         return out, ScaleByRadamState(count, tree_unflatten(mu, spec), tree_unflatten(nu, spec))

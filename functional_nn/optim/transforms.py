@@ -209,10 +209,13 @@ def trace(momentum: float, dampening: float = 0.0, nesterov: bool = False) -> Gr
         return TraceState(zero_count(params), zeros_like(params))
 
     def update_leaves(g, state, p, spec):
-        buf = _foreach.mul(checked_leaves(state.momentum_buffer, g, spec), momentum)
+        buf = checked_leaves(state.momentum_buffer, g, spec)
         if dampening == 0.0:
-            buf = _foreach.add_(buf, g)  # b_0 = 0, so the first step gives b_1 = g exactly
+            # One pass (torch: mul_ then add_, rounding momentum * b once more). b_0 = 0, so the
+            # first step gives b_1 = g exactly.
+            buf = _foreach.add(g, buf, alpha=momentum)
         else:
+            buf = _foreach.mul(buf, momentum)
             # 1 on the first step, 1 - dampening after: a tensor, so no host sync decides it.
             # In float64, as torch rounds the Python float 1 - dampening (the op casts it).
             keep = 1.0 - dampening * (state.count > 0).to(torch.float64)
