@@ -57,6 +57,14 @@ def multi_tensor(tensors: list[Tensor]) -> bool:
     return not _is_wrapped(tensors[0])
 
 
+def _multi_scalar(a: list[Tensor], s) -> bool:
+    """multi_tensor, for an op with a scalar operand `s`: a 0-d tensor that autograd records (a
+    learning rate requiring grad) takes the per-tensor path, as the multi-tensor kernels'
+    backward fails on it ("inconsistent range for TensorList output", torch 2.13)."""
+    recorded = isinstance(s, Tensor) and s.requires_grad and torch.is_grad_enabled()
+    return multi_tensor(a) and not recorded
+
+
 def reusable(a: list[Tensor], *operands) -> bool:
     """Whether an in-place op may write `a`: a Fresh list on the multi-tensor path, where
     autograd records nothing (an in-place write could clobber a tensor saved for backward, e.g.
@@ -130,7 +138,7 @@ def add_(a: list[Tensor], b: list[Tensor], alpha: float = 1.0) -> Fresh:
 
 def add_scalar(a: list[Tensor], s: Scalar) -> Fresh:
     """a + s."""
-    if multi_tensor(a):
+    if _multi_scalar(a, s):
         return _fresh(torch._foreach_add(a, s))
     return _fresh(torch.add(x, s) for x in a)
 
@@ -145,7 +153,7 @@ def add_scalar_(a: list[Tensor], s: Scalar) -> Fresh:
 
 def mul(a: list[Tensor], b: list[Tensor] | Scalar) -> Fresh:
     """a * b, for a list b or a scalar."""
-    if multi_tensor(a):
+    if _multi_scalar(a, b):
         return _fresh(torch._foreach_mul(a, b))
     return _fresh(torch.mul(x, y) for x, y in zip(a, _pairs(a, b)))
 
@@ -160,7 +168,7 @@ def mul_(a: list[Tensor], b: list[Tensor] | Scalar) -> Fresh:
 
 def div(a: list[Tensor], b: list[Tensor] | Scalar) -> Fresh:
     """a / b, for a list b or a scalar."""
-    if multi_tensor(a):
+    if _multi_scalar(a, b):
         return _fresh(torch._foreach_div(a, b))
     return _fresh(torch.div(x, y) for x, y in zip(a, _pairs(a, b)))
 

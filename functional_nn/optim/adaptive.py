@@ -190,8 +190,8 @@ def scale_by_radam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> Gra
     updates = m_t / (1 - b1^t) * sqrt(1 - b2^t) / (sqrt(v_t) + eps) * r_t  if rho_t > 5,
     else m_t / (1 - b1^t) (the variance estimate is not yet trusted: plain momentum).
     Both branches are one expression, as torch's multi-tensor RAdam writes them:
-    updates = m_t (1 / ((sqrt(v_t) + eps) / s_t) + u_t), with s_t = sqrt(1 - b2^t) r_t / (1 - b1^t)
-    and u_t = 0 if rho_t > 5, else s_t = 0 (so the reciprocal is 0) and u_t = 1 / (1 - b1^t).
+    updates = m_t (s_t / (sqrt(v_t) + eps) + u_t), with s_t = sqrt(1 - b2^t) r_t / (1 - b1^t)
+    and u_t = 0 if rho_t > 5, else s_t = 0 and u_t = 1 / (1 - b1^t).
 
     Args:
         b1, b2, eps: torch.optim.RAdam's betas and eps.
@@ -214,8 +214,9 @@ def scale_by_radam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> Gra
         rectified = rho_t > 5.0
         s_t = select(rectified, scalar_sqrt(bias_correction2) * rect / bias_correction1, 0.0)
         u_t = select(rectified, 0.0, 1.0 / bias_correction1)
-        denom = _foreach.div_(_foreach.add_scalar_(_foreach.sqrt(nu), eps), once(s_t))
-        out = _foreach.mul_(_foreach.add_scalar_(_foreach.reciprocal_(denom), once(u_t)), mu)
+        # s_t times the reciprocal, not a division by s_t: s_t = 0 then gives 0, and a gradient.
+        inverse = _foreach.reciprocal_(_foreach.add_scalar_(_foreach.sqrt(nu), eps))
+        out = _foreach.mul_(_foreach.add_scalar_(_foreach.mul_(inverse, once(s_t)), once(u_t)), mu)
         return out, ScaleByRadamState(count, tree_unflatten(mu, spec), tree_unflatten(nu, spec))
 
     return leafwise(init, update_leaves)
