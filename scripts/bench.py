@@ -247,11 +247,11 @@ def print_ensembles(rows: list[dict], header: str) -> None:
 def print_updates(rows: list[dict], header: str) -> None:
     names = [n for n, _ in UPDATE_CONTENDERS]
     print(f"\n{header}\n{'params':>10} {'optimizer':<10}{'steps':>6}"
-          + "".join(f"{n:>44}" for n in names))
-    print(" " * 27 + f"{'us/step  x foreach  x fused  faults  peak MB':>44}" * len(names))
+          + "".join(f"{n:>46}" for n in names))
+    print(" " * 27 + f"{'us/step  x foreach  x fused  faults  peak MB':>46}" * len(names))
     for r in rows:
         cells = "".join(
-            _fmt(r["us_per_step"].get(n), ".0f", 9)
+            _fmt(r["us_per_step"].get(n), ".0f", 11)
             + _fmt(r["vs"].get(UPDATE_BASELINES[0], {}).get(n), ".2f", 11)
             + _fmt(r["vs"].get(UPDATE_BASELINES[1], {}).get(n), ".2f", 9)
             + _fmt(r["faults_per_step"].get(n), ".0f", 8)

@@ -26,6 +26,7 @@ cost no tensor ops and reach the kernels as plain numbers, as torch.optim's do.
 from __future__ import annotations
 
 import math
+import operator
 
 import torch
 from torch import Tensor
@@ -34,6 +35,7 @@ _is_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
 _is_batched = torch._C._functorch.is_batchedtensor
 
 Scalar = float | Tensor
+_requires_grad = operator.attrgetter("requires_grad")  # map(...) over a list: no generator frame
 
 
 class Fresh(list):
@@ -74,7 +76,7 @@ def reusable(a: list[Tensor], *operands) -> bool:
     if not torch.is_grad_enabled():
         return True
     for x in (a, *operands):
-        if isinstance(x, Tensor) and x.requires_grad or isinstance(x, list) and any(t.requires_grad for t in x):
+        if isinstance(x, Tensor) and x.requires_grad or isinstance(x, list) and any(map(_requires_grad, x)):
             return False
     return True
 
