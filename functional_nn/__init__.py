@@ -26,6 +26,8 @@ from .optim import (
 )
 from .train import FitResult, fit, fit_ensemble
 
+__version__ = "0.1.0"  # pyproject's version; tests/test_version.py keeps the two equal
+
 __all__ = [
     "EarlyStopping",
     "FitResult",

@@ -7,8 +7,10 @@ bad values and shapes, TypeError for wrong types.
 from __future__ import annotations
 
 import math
+import re
 from typing import Any, Callable
 
+import attrs
 import torch
 from torch import Tensor
 
@@ -23,10 +25,12 @@ from ._pytree import (
     tree_structure,
 )
 from . import losses
-from .networks import Network, eval_shape
+from .networks import Network
 from .optim.base import GradientTransformation
 
 ON_NONFINITE = ("raise", "stop", "ignore")
+VAL_NAMES = ("val[0] (x_val)", "val[1] (y_val)")
+INT64_MAX = 2**63 - 1
 
 
 def check_int(name: str, value: Any, minimum: int, allow_none: bool = False) -> None:
@@ -99,6 +103,46 @@ def check_params(params: PyTree, x: Tensor, model: Any) -> None:
         model.check(params, x)
 
 
+def check_finite_params(params: PyTree, name: str = "params") -> None:
+    """No NaN or inf in any leaf of params (one host sync); the message names the first bad leaf by
+    its path, e.g. params[0]['weight']."""
+    leaves = tree_leaves(params)
+    finite = torch.stack([torch.isfinite(t).all() for t in leaves]).tolist()
+    if all(finite):
+        return
+    i = finite.index(False)
+    count = int((~torch.isfinite(leaves[i])).sum())
+    raise ValueError(
+        f"{leaf_paths(params, name)[i]} contains {count} NaN or inf values (of {leaves[i].numel()}); "
+        "start from finite params, e.g. model.init(seed) or a checkpoint from before the divergence."
+    )
+
+
+def check_finite_stacked(stacked: PyTree, k: int) -> None:
+    """check_finite_params for K stacked models: one sync, and one per model only to name the bad one."""
+    try:
+        check_finite_params(stacked)
+    except ValueError:
+        for i in range(k):
+            check_finite_params(tree_index(stacked, i), f"model {i} of the ensemble: params")
+
+
+def leaf_paths(tree: PyTree, name: str) -> list[str]:
+    """Each leaf's path, in tree_leaves' order, as Python would index it: name[0]['weight'];
+    attrs fields and NamedTuple fields as attributes (name.mu)."""
+    if isinstance(tree, dict):  # torch's pytrees keep a dict's insertion order (jax sorts keys)
+        items = [(f"[{k!r}]", v) for k, v in tree.items()]
+    elif isinstance(tree, tuple) and hasattr(tree, "_fields"):
+        items = [(f".{f}", getattr(tree, f)) for f in tree._fields]
+    elif isinstance(tree, (list, tuple)):
+        items = [(f"[{i}]", t) for i, t in enumerate(tree)]
+    elif attrs.has(type(tree)):
+        items = [(f".{f.name}", getattr(tree, f.name)) for f in attrs.fields(type(tree))]
+    else:
+        return [name] * len(tree_leaves(tree))
+    return [path for key, child in items for path in leaf_paths(child, name + key)]
+
+
 def check_length(
     n: int, steps: Any, epochs: Any, batch_size: Any, start_step: Any, log_every: Any,
     eval_every: Any,
@@ -117,6 +161,15 @@ def check_length(
             f"<= {n}, or batch_size=None for full batch."
         )
     check_int("start_step", start_step, 0)
+    # Step counts live in int64 tensors (optimizer states): the last step must fit. With neither
+    # steps nor epochs fit runs DEFAULT_STEPS (500).
+    per_epoch = 1 if batch_size is None else math.ceil(n / batch_size)
+    total = steps if steps is not None else 500 if epochs is None else epochs * per_epoch
+    if start_step + total > INT64_MAX:
+        raise ValueError(
+            f"start_step + the steps of this call must be <= 2**63 - 1 (int64 step counts), got "
+            f"{start_step} + {total}; start from a smaller step count."
+        )
     check_int("log_every", log_every, 0)
     check_int("eval_every", eval_every, 1, allow_none=True)
 
@@ -184,15 +237,80 @@ def check_opt_state(opt_state: PyTree, expected: PyTree, device: torch.device) -
         )
 
 
-def check_targets(loss: Any, model: Any, params: PyTree, x: Tensor, y: Tensor, val) -> None:
-    """y (and val's targets) fit the loss for the model's predictions: class labels in range, target
-    shapes (losses.check: shapes on meta tensors, then one host sync for the values). Only for a
-    Network: a plain callable model is not run before training, not even on meta tensors."""
-    if not isinstance(model, Network):
+def check_outputs(
+    model: Any, loss: Any, params: PyTree, x: Tensor, y: Tensor, names: tuple[str, str] = ("x", "y")
+) -> None:
+    """model(params, x) is a tensor and loss(pred, y) a 0-d floating tensor, found by one run of
+    each on meta tensors (shapes and dtypes, no arithmetic); then y's values against the loss
+    (losses.check: class labels in range, one host sync).
+
+    A model or loss that cannot run on meta tensors (an op without a meta kernel, .item(), a
+    tensor made on another device) is not refused for it: the abstract check is skipped, and its
+    mistakes surface at the first step instead.
+    """
+    x_name, y_name = names
+    apply = model.apply if isinstance(model, Network) else model
+    meta = lambda t: t.to("meta") if isinstance(t, Tensor) else t  # noqa: E731
+    shapes = f"{x_name} of shape {tuple(x.shape)} and params {describe(params)}"
+    pred = _on_meta(f"model(params, {x_name})", shapes, lambda: apply(tree_map(meta, params), meta(x)))
+    if pred is None:
         return
-    losses.check(loss, eval_shape(model, params, x), y)
-    if val is not None:
-        losses.check(loss, eval_shape(model, params, val[0]), val[1])
+    if not isinstance(pred, Tensor):
+        raise TypeError(f"model(params, {x_name}) must return a tensor, got {_given(pred)}.")
+    shapes = f"pred {_spec(pred)} and {y_name} {_spec(y)}"
+    value = _on_meta(f"loss(pred, {y_name})", shapes, lambda: loss(pred, meta(y)))
+    if value is None:
+        return
+    check_loss_value(value, f"loss(pred, {y_name})")
+    try:
+        losses.check(loss, pred.shape, y)
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"{y_name}: {e}" if y_name != "y" else str(e)) from None
+
+
+def check_loss_value(value: Any, call: str) -> None:
+    """A loss must be a 0-d real floating tensor: grad needs a scalar, and an integer loss would
+    train with zero gradients."""
+    if not isinstance(value, Tensor):
+        raise TypeError(
+            f"{call} must return a 0-d floating tensor, got {_given(value)}; compute the loss with "
+            "torch operations on pred (a Python number has no gradient)."
+        )
+    if not value.is_floating_point():
+        raise TypeError(
+            f"{call} must return a 0-d floating tensor, got dtype {value.dtype}: an integer or "
+            "complex loss has no usable gradient; compute it in floating point, e.g. from pred itself."
+        )
+    if value.ndim != 0:
+        raise ValueError(
+            f"{call} must return a 0-d floating tensor, got shape {tuple(value.shape)}; reduce it, "
+            "e.g. with .sum() or .mean()."
+        )
+
+
+def _on_meta(call: str, shapes: str, run: Callable[[], Any]) -> Any:
+    """run() on meta tensors; None when it fails for want of data (see _meta_only), else its
+    failure as a ValueError (TypeError stays TypeError) naming the call, the shapes and the cause."""
+    try:
+        return run()
+    except Exception as e:  # noqa: BLE001 - any failure of user code is reported, or skipped
+        if _meta_only(e):
+            return None
+        raise (TypeError if isinstance(e, TypeError) else ValueError)(
+            f"{call} fails for {shapes} (run once on meta tensors before training): "
+            f"{type(e).__name__}: {e}"
+        ) from e
+
+
+def _meta_only(error: Exception) -> bool:
+    """Whether an error on meta tensors says only that they hold no data or live on no device
+    (no meta kernel, .item(), .tolist(), .numpy(), a tensor made on cpu): then the run says
+    nothing about the real one."""
+    return isinstance(error, NotImplementedError) or re.search(r"\bmeta\b", str(error), re.I) is not None
+
+
+def _spec(t: Any) -> str:
+    return f"of shape {tuple(t.shape)} ({t.dtype})" if isinstance(t, Tensor) else _given(t)
 
 
 def state_shapes(init: Callable[[PyTree], PyTree], params: PyTree) -> PyTree:
@@ -200,13 +318,31 @@ def state_shapes(init: Callable[[PyTree], PyTree], params: PyTree) -> PyTree:
     return init(tree_map(lambda t: torch.empty_like(t, device="meta"), params))
 
 
+def check_not_transformed(name: str) -> None:
+    """Raise when called inside a torch.func transform (grad, vmap, jvp, jacrev, ...): fit trains
+    with torch.func.grad of its own and reads its flags on the host, so through a transform it
+    would fail obscurely or, under grad, silently give a zero gradient.
+
+    torch._C._functorch is private: this is the one place functional_nn reads it.
+    """
+    current_level = getattr(torch._C._functorch, "maybe_current_level", None)
+    if current_level is not None and current_level() is not None:
+        raise RuntimeError(
+            f"{name} was called inside a torch.func transform (grad, vmap, jvp, ...), which it does "
+            f"not support: a gradient through it would be zero. Call {name} outside the transform; "
+            "to differentiate through training, write the loop from train.make_step's step."
+        )
+
+
 def check_fit(
     params, x, y, opt, *, model, loss, steps, epochs, batch_size, shuffle, seed, opt_state,
     start_step, val, callbacks, log_every, eval_every, on_nonfinite,
 ) -> None:
     """All of fit's checks, in the order a reader would fix them."""
+    check_not_transformed("fit")
     check_data(x, y)
     check_params(params, x, model)
+    check_finite_params(params)
     check_opt(opt)
     check_length(x.shape[0], steps, epochs, batch_size, start_step, log_every, eval_every)
     check_seed("seed", seed)
@@ -214,7 +350,9 @@ def check_fit(
     check_val(val, params, x, model)
     if opt_state is not None:
         check_opt_state(opt_state, state_shapes(opt.init, params), x.device)
-    check_targets(loss, model, params, x, y, val)
+    check_outputs(model, loss, params, x, y)
+    if val is not None:
+        check_outputs(model, loss, params, val[0], val[1], VAL_NAMES)
 
 
 def check_ensemble(
@@ -227,6 +365,7 @@ def check_ensemble(
         (stacked params, K, lrs as a (K,) float64 tensor on x's device or None); the stacked
         params are the caller's tree when it was stacked already, else a new one.
     """
+    check_not_transformed("fit_ensemble")
     check_data(x, y)
     stacked, k = as_stacked(params, model, x)
     first = tree_index(stacked, 0)
@@ -234,12 +373,15 @@ def check_ensemble(
         check_params(first, x, model)
     except (TypeError, ValueError) as e:  # the stacked tree's shapes are K models of these
         raise type(e)(f"model 0 of the ensemble: {e}") from None
+    check_finite_stacked(stacked, k)
     lrs = check_lrs(opt, lrs, k, x.device)
     check_length(x.shape[0], steps, epochs, batch_size, start_step, log_every, eval_every)
     check_seeds(seed, k)
     check_options(loss, shuffle, (), on_nonfinite)
     check_val(val, first, x, model)
-    check_targets(loss, model, first, x, y, val)
+    check_outputs(model, loss, first, x, y)
+    if val is not None:
+        check_outputs(model, loss, first, val[0], val[1], VAL_NAMES)
     return stacked, k, lrs
 
 
@@ -248,7 +390,8 @@ def as_stacked(params: PyTree, model: Any, x: Tensor) -> tuple[PyTree, int]:
 
     A list or tuple is read as K models when, for a Network, its first item fits the network
     (model.check), or, for a plain callable, its items share one structure and shapes; otherwise
-    as a stacked tree, whose every leaf must have the same leading size K. (So with a plain
+    as a stacked tree, whose every leaf must have the same leading size K. (For a Network that
+    neither reading fits, as with an x of the wrong width, the plain callable's rule decides.) (So with a plain
     callable, a stacked tree that is a list of identically shaped layers reads as a list: pass
     such params as a list of K trees.)
     """
@@ -256,29 +399,46 @@ def as_stacked(params: PyTree, model: Any, x: Tensor) -> tuple[PyTree, int]:
         for i, p in enumerate(params):
             assert_same_structure(p, params[0], f"params[{i}]", "params[0]")
         return tree_stack(list(params)), len(params)
-    sizes = {t.shape[0] if isinstance(t, Tensor) and t.ndim else None for t in tree_leaves(params)}
-    if len(sizes) != 1 or None in sizes:
+    k = _stacked_size(params)
+    if k is None:
         raise ValueError(
             "params must be a list of K params trees, or one tree whose every leaf has a leading "
             f"axis of K models; got {describe(params)}."
         )
-    return params, sizes.pop()
+    return params, k
 
 
 def _is_model_list(params: PyTree, model: Any, x: Tensor) -> bool:
     if not isinstance(params, (list, tuple)) or not params or isinstance(params[0], Tensor):
         return False
     if isinstance(model, Network):
-        try:
-            model.check(params[0], x)
-        except (ValueError, TypeError, AttributeError, KeyError, IndexError):
+        if _fits(model, params[0], x):
+            return True
+        if _stacked_size(params) is not None and _fits(model, tree_index(params, 0), x):
             return False
-        return True
+        # Neither reading fits x: judge by the layout alone, so that the check of model 0 then
+        # names what is wrong, x or the params; one item alone is no evidence of a list.
+        if len(params) == 1:
+            return False
     shapes = lambda tree: [getattr(t, "shape", None) for t in tree_leaves(tree)]  # noqa: E731
     return all(
         tree_structure(p) == tree_structure(params[0]) and shapes(p) == shapes(params[0])
         for p in params
     )
+
+
+def _fits(model: Network, params: PyTree, x: Tensor) -> bool:
+    try:
+        model.check(params, x)
+    except (ValueError, TypeError, AttributeError, KeyError, IndexError):
+        return False
+    return True
+
+
+def _stacked_size(params: PyTree) -> int | None:
+    """K, when every leaf of params has one leading size K; else None."""
+    sizes = {t.shape[0] if isinstance(t, Tensor) and t.ndim else None for t in tree_leaves(params)}
+    return sizes.pop() if len(sizes) == 1 else None
 
 
 def check_lrs(opt: Any, lrs: Any, k: int, device: torch.device) -> Tensor | None:
@@ -304,7 +464,33 @@ def check_lrs(opt: Any, lrs: Any, k: int, device: torch.device) -> Tensor | None
     for i, lr in enumerate(values):
         if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0.0 <= lr < math.inf:
             raise ValueError(f"lrs[{i}] must be a finite number >= 0, got {lr!r}.")
-    return torch.tensor(values, dtype=torch.float64, device=device)
+    lrs = torch.tensor(values, dtype=torch.float64, device=device)
+    check_lr_factory(opt, lrs)
+    return lrs
+
+
+def check_lr_factory(make_opt: Callable, lrs: Tensor) -> None:
+    """make_opt(lr) works as fit_ensemble calls it: inside vmap, with lr a 0-d tensor whose value
+    differs between the models, so that Python cannot branch on it."""
+    made = []
+
+    def call(lr):
+        made.append(make_opt(lr))
+        return lr
+
+    try:
+        torch.func.vmap(call)(lrs)
+    except RuntimeError as e:  # vmap refuses data-dependent control flow and .item()
+        raise ValueError(
+            f"opt(lr) fails when called as fit_ensemble calls it, inside vmap with lr a 0-d tensor "
+            "of a different value for each model: the factory must not branch on lr's value or "
+            "read it as a Python number (if lr > ..., float(lr), lr.item()); pass lr to the "
+            f"optimizer as it is, e.g. lambda lr: optim.adam(lr). vmap said: {e}"
+        ) from e
+    if not isinstance(made[0], GradientTransformation):
+        raise TypeError(
+            f"opt(lr) must return a GradientTransformation, e.g. optim.adam(lr), got {_given(made[0])}."
+        )
 
 
 def check_val(val: Any, params: PyTree, x: Tensor, model: Any) -> None:
@@ -313,7 +499,7 @@ def check_val(val: Any, params: PyTree, x: Tensor, model: Any) -> None:
         return
     if not isinstance(val, (tuple, list)) or len(val) != 2:
         raise TypeError(f"val must be a pair (x_val, y_val) of tensors, got {type(val).__name__}.")
-    check_data(val[0], val[1], "val[0] (x_val)", "val[1] (y_val)")
+    check_data(val[0], val[1], *VAL_NAMES)
     if val[0].device != x.device:
         raise ValueError(
             f"val[0] (x_val) is on {val[0].device} but x is on {x.device}; move it there."
@@ -321,7 +507,10 @@ def check_val(val: Any, params: PyTree, x: Tensor, model: Any) -> None:
     if val[0].dtype != x.dtype:
         raise TypeError(f"val[0] (x_val) has dtype {val[0].dtype} but x has {x.dtype}; convert it.")
     if isinstance(model, Network):
-        model.check(params, val[0])
+        try:
+            model.check(params, val[0])
+        except (TypeError, ValueError) as e:  # the network's message calls its input x
+            raise type(e)(f"val[0] (x_val) does not fit the model: {e}") from None
 
 
 def _given(value: Any) -> str:

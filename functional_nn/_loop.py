@@ -5,9 +5,16 @@ train.make_step). The loop feeds it batches in segments, which end where somethi
 evaluation on val, a look at the host, or the end. Losses, finite flags and validation losses stay
 on the device. The loop syncs with the host only every CHECK_EVERY steps to look for a non-finite
 loss or gradient (at the very end with on_nonfinite="ignore"), where the caller asked for output
-(log_every, callbacks), and at the end. Steps are counted from 0 over the whole run, so step t
-takes the params from t updates to t + 1; a resumed run (start > 0) counts on from where the last
-one stopped.
+(log_every, callbacks), and at the end.
+
+Numbering, one convention for every message and field: steps are counted from 0 over the whole run
+(a resumed run, start > 0, counts on from where the last one stopped). Step t is the update that
+takes the params from t updates done (step count t) to t + 1; its loss, losses[t], is measured at
+the params of count t, before it. A divergence error names the step whose loss, gradients or
+updated params were not finite (FitResult.nonfinite_step, which is also the count of finite steps
+before it); a progress line names the last step it ran, the one whose loss it shows, then the
+count of steps done, e.g. "step 9 (10/10 done)" (its val loss is at the params after that step).
+Step counts (FitResult.steps, val_steps, a callback's step) count the steps done.
 """
 
 from __future__ import annotations
@@ -47,8 +54,9 @@ class FitResult:
         compile_time: with fit(compile=...), the seconds of the compiled step's first call, which
             include compiling it unless an earlier fit already did; part of wall_time. Else 0.
         stop_reason: "done" (ran all steps), "callback" (a callback stopped it) or "nonfinite"
-            (on_nonfinite="stop" met a non-finite loss or gradient).
-        nonfinite_step: the first step whose loss or gradients were not finite, or None.
+            (on_nonfinite="stop" met a non-finite loss, gradient or updated param).
+        nonfinite_step: the first step whose loss, gradients or updated params were not finite,
+            or None.
     """
 
     params: PyTree
@@ -220,7 +228,8 @@ class _Loop:
         rate = (s - self.last_log) / max(now - self.log_clock, 1e-9)
         self.last_log, self.log_clock = s, now
         end = self.plan.end
-        line = f"step {s:>{len(str(end))}}/{end}  loss {_mean(self.losses[-1][-1]):.6g}"
+        width = len(str(end))  # the last line shows the last step, s - 1, and the count s
+        line = f"step {s - 1:>{width}} ({s:>{width}}/{end} done)  loss {_mean(self.losses[-1][-1]):.6g}"
         if val is not None:
             line += f"  val {_mean(val):.6g}"
         print(f"{line}  {rate:.4g} steps/s", file=sys.stderr, flush=True)
@@ -237,14 +246,15 @@ def _first_bad(flags: Tensor, first_step: int) -> tuple[int, int | None] | None:
 
 
 def _mean(t: Tensor) -> float:
-    """A loss as one number: itself, or the mean over the models of an ensemble."""
-    return float(t.float().mean())
+    """A loss as one number: itself, or the mean over the models of an ensemble (in float64, so
+    that a finite float64 loss past float32's range is printed as itself, not as inf)."""
+    return float(t.double().mean())
 
 
 def _diverged(step: int, model: int | None, loss: float) -> str:
     where = f"step {step}" if model is None else f"step {step} in model {model} of the ensemble"
     what = f"the loss is {loss}" if not math.isfinite(loss) else (
-        f"the loss is {loss} but the gradients are not all finite"
+        f"the loss is {loss} but the gradients or the updated params are not all finite"
     )
     return (
         f"Training diverged at {where}: {what}. Lower the learning rate, check the data and the "

@@ -87,14 +87,29 @@ def register_attrs(cls: type) -> type:
 
     Use as a decorator below `@attrs.frozen`. The class also becomes loadable with
     `torch.load(weights_only=True)`, so states built from it can be checkpointed safely.
+    Registering a class again is harmless.
+
+    Raises:
+        TypeError: a field is not an argument of the class's __init__ (init=False), so the class
+            could not be rebuilt from its fields.
     """
-    names = tuple(f.name for f in attrs.fields(cls))
-    _pt.register_pytree_node(
-        cls,
-        lambda obj: ([getattr(obj, n) for n in names], names),
-        lambda children, ctx: cls(**dict(zip(ctx, children))),
-        serialized_type_name=f"{cls.__module__}.{cls.__qualname__}",
-    )
+    fields = attrs.fields(cls)
+    hidden = [f.name for f in fields if not f.init]
+    if hidden:
+        raise TypeError(
+            f"register got {cls.__qualname__}, whose fields {hidden} are not arguments of its "
+            "__init__ (init=False), so a pytree could not rebuild it from its fields; make them "
+            "init=True fields, or properties."
+        )
+    names = tuple(f.name for f in fields)
+    keywords = tuple(f.alias for f in fields)  # __init__'s names: attrs strips a leading "_"
+    if cls not in _pt.SUPPORTED_NODES:  # torch refuses a second registration with a ValueError
+        _pt.register_pytree_node(
+            cls,
+            lambda obj: ([getattr(obj, n) for n in names], keywords),
+            lambda children, ctx: cls(**dict(zip(ctx, children))),
+            serialized_type_name=f"{cls.__module__}.{cls.__qualname__}",
+        )
     torch.serialization.add_safe_globals([cls])
     return cls
 

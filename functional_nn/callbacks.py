@@ -4,12 +4,19 @@ fit calls each callback at every evaluation point (every `eval_every` steps, onc
 default, and after the last step) with the step count, the monitored loss as a 0-d tensor (the
 validation loss when fit has `val`, else the mean training loss since the last evaluation) and the
 current params. Reading the loss syncs with the host; that is the price of asking for it.
+
+A callback may also have either of two methods, which fit calls once per fit, in the order of the
+callbacks list (Keras' on_train_begin and on_train_end):
+    on_fit_start(): after fit's input checks, before the first step;
+    on_fit_end(result) -> FitResult: after the last step (not when fit raises); what it returns
+        becomes fit's result.
 """
 
 from __future__ import annotations
 
 import math
 
+import attrs
 from torch import Tensor
 
 from ._pytree import PyTree
@@ -19,12 +26,18 @@ from .optim._checks import integer, number
 class EarlyStopping:
     """Stop when the monitored loss has not improved for `patience` evaluations in a row.
 
-    Keeps the best params seen: fit never mutates params, so holding them costs no copy. One
-    instance follows one fit; make a new one for the next.
+    Keeps the best params seen: fit never mutates params, so holding them costs no copy. Its state
+    follows one fit: each fit it is passed to starts it afresh (on_fit_start), so an instance can
+    be reused, but a resumed fit waits `patience` evaluations anew.
 
     Args:
         patience: evaluations without improvement to allow before stopping, >= 1.
         min_delta: an improvement must lower the best loss by more than this, >= 0.
+        restore_best: when True, fit's result holds the best params seen at an evaluation
+            (best_params) instead of the last ones, as Keras' restore_best_weights. Only the
+            params: opt_state, steps and losses stay those of the last step run, so such a result
+            is not a point to resume from bitwise. Without any evaluation the params stay as they
+            are.
     Attributes:
         best_loss: the lowest monitored loss so far (inf before the first evaluation).
         best_step: the step count at which it was seen, or None.
@@ -32,15 +45,27 @@ class EarlyStopping:
         stopped_step: the step count at which it asked fit to stop, or None.
     """
 
-    def __init__(self, patience: int = 5, min_delta: float = 0.0):
+    def __init__(self, patience: int = 5, min_delta: float = 0.0, restore_best: bool = False):
         integer("patience", patience, 1)
         number("min_delta", min_delta)
-        self.patience, self.min_delta = patience, float(min_delta)
+        if not isinstance(restore_best, bool):
+            raise TypeError(f"restore_best must be a bool, got {type(restore_best).__name__}: {restore_best!r}.")
+        self.patience, self.min_delta, self.restore_best = patience, float(min_delta), restore_best
+        self.on_fit_start()
+
+    def on_fit_start(self) -> None:
+        """Forget the last fit: a reused instance must not stop a new fit on the old one's best."""
         self.best_loss = math.inf
         self.best_step: int | None = None
         self.best_params: PyTree | None = None
         self.stopped_step: int | None = None
         self._waited = 0
+
+    def on_fit_end(self, result):
+        """With restore_best, the result with the best params seen."""
+        if not self.restore_best or self.best_params is None:
+            return result
+        return attrs.evolve(result, params=self.best_params)
 
     def __call__(self, step: int, loss: Tensor, params: PyTree) -> bool:
         value = float(loss)

@@ -11,10 +11,10 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from . import _checks, losses
+from . import _checks
 from ._pytree import PyTree
 from .losses import Loss, sse
-from .networks import Network, eval_shape
+from .networks import Network
 
 
 def per_example_grads(
@@ -38,8 +38,9 @@ def per_example_grads(
     """
     _checks.check_data(x, y)
     _checks.check_params(params, x, model)
+    _checks.check_finite_params(params)
+    _checks.check_outputs(model, loss, params, x, y)
     apply = model.apply if isinstance(model, Network) else model
-    losses.check(loss, eval_shape(apply, params, x), y)
 
     def example_loss(p, xi, yi):
         return loss(apply(p, xi.unsqueeze(0)), yi.unsqueeze(0))

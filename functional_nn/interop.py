@@ -1,7 +1,8 @@
 """Moving between torch.nn and functional_nn.
 
 - `from_module(module) -> (net, params)`: any `torch.nn.Module` as a Network, its params a dict
-  keyed as `module.named_parameters()`; `to_module(module, params)` loads them back.
+  keyed as `module.named_parameters()`; `to_module(module, params)` loads them back, all or
+  nothing: a bad value raises before any parameter is overwritten.
 - `mlp_to_state_dict` / `mlp_from_state_dict`: mlp params as the state dict of the equivalent
   `nn.Sequential(nn.Linear, activation, nn.Linear, ...)`, and back.
 
@@ -71,23 +72,49 @@ def from_module(module: nn.Module) -> tuple[Network, dict[str, Tensor]]:
 
 def to_module(module: nn.Module, params: dict[str, Tensor]) -> nn.Module:
     """Copy `params` into `module`'s parameters in place (keeping the Parameter objects, so a
-    torch.optim optimizer built on them still holds them), as `load_state_dict` does.
+    torch.optim optimizer built on them still holds them), as `load_state_dict` does, but
+    atomically: every value is checked and converted to its parameter's device and dtype before
+    any is copied, so on an error the module is unchanged.
 
     Args:
         module: the module to load into.
         params: `{name: tensor}` with exactly the names and shapes of `module.named_parameters()`,
-            e.g. from `from_module`, a fit, or `mlp_to_state_dict`.
+            real floating tensors on any device, e.g. from `from_module`, a fit, or
+            `mlp_to_state_dict`.
     Returns:
         module itself.
+    Raises:
+        TypeError: params is not a dict, or a value is not a real floating tensor.
+        ValueError: the names or a shape differ, or a value cannot be moved to the module's device.
     """
     if not isinstance(module, nn.Module):
         raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}.")
     named = dict(module.named_parameters())
-    _check_params(params, {name: tuple(p.shape) for name, p in named.items()}, type(module).__name__)
+    owner = type(module).__name__
+    _check_params(params, {name: tuple(p.shape) for name, p in named.items()}, owner)
+    # Convert every value before copying any: a value that cannot be loaded raises here, with the
+    # module still whole (load_state_dict would leave it half overwritten).
     with torch.no_grad():
+        staged = {name: _convert(params[name], p, name, owner) for name, p in named.items()}
         for name, p in named.items():
-            p.copy_(params[name])
+            p.copy_(staged[name])
     return module
+
+
+def _convert(value: Tensor, parameter: Tensor, name: str, owner: str) -> Tensor:
+    """value on parameter's device and in its dtype (value itself when they already agree)."""
+    if not value.is_floating_point():
+        raise TypeError(
+            f"{owner} parameter {name!r} must be loaded from a floating tensor (real, not complex), "
+            f"got dtype {value.dtype}; convert it, e.g. params[{name!r}].to({parameter.dtype})."
+        )
+    try:
+        return value.to(device=parameter.device, dtype=parameter.dtype)
+    except (RuntimeError, NotImplementedError) as error:
+        raise ValueError(
+            f"{owner} parameter {name!r} cannot be moved from {value.device} to {parameter.device} "
+            f"({error}); give a tensor with data, on a device this process can reach."
+        ) from None
 
 
 def mlp_to_state_dict(params: list[dict[str, Tensor]]) -> dict[str, Tensor]:
@@ -151,7 +178,7 @@ def _check_chain(params: list[dict[str, Tensor]], prefixes: list[str]) -> None:
 
 def _check_params(params: Any, shapes: dict[str, tuple[int, ...]], owner: str) -> None:
     """Raise TypeError unless params is a dict, ValueError unless it has exactly the names and
-    shapes in `shapes`."""
+    shapes in `shapes` (TypeError for a value that is not a tensor)."""
     if not isinstance(params, dict):
         raise TypeError(
             f"params must be a dict {{name: tensor}} as from_module makes, got {type(params).__name__}."
@@ -163,6 +190,10 @@ def _check_params(params: Any, shapes: dict[str, tuple[int, ...]], owner: str) -
             "module.named_parameters()."
         )
     for name, shape in shapes.items():
+        if not isinstance(params[name], Tensor):
+            raise TypeError(
+                f"{owner} parameter {name!r} must be a torch.Tensor, got {type(params[name]).__name__}."
+            )
         given = tuple(params[name].shape)
         if given != shape:
             raise ValueError(f"{owner} parameter {name!r} has shape {given}, expected {shape}.")

@@ -65,8 +65,9 @@ def make_step(apply: Callable, loss: Loss, opt: GradientTransformation, spec=Non
             but the one `apply` reads). The optimizer state must then be made from that list.
     Returns:
         `step(params, state, xb, yb) -> (params, state, loss, finite)`: the params and state after
-        one update on the batch, the loss before it (0-d), and a 0-d bool that is True when the loss
-        and every gradient are finite. Nothing syncs with the host.
+        one update on the batch, the loss before it (0-d), and a 0-d bool that is True when the
+        loss, every gradient and every updated param are finite (an update can overflow where
+        the gradients did not, e.g. adam's eps vanishes in float16). Nothing syncs with the host.
     """
     model = apply if spec is None else (lambda leaves, xb: apply(tree_unflatten(leaves, spec), xb))
     value_and_grad = torch.func.grad_and_value(lambda p, xb, yb: loss(model(p, xb), yb))
@@ -74,16 +75,19 @@ def make_step(apply: Callable, loss: Loss, opt: GradientTransformation, spec=Non
     def step(params, state, xb, yb):
         grads, value = value_and_grad(params, xb, yb)
         updates, state = opt.update(grads, state, params)
-        return apply_updates(params, updates), state, value, _finite(value, tree_leaves(grads))
+        params = apply_updates(params, updates)
+        return params, state, value, _finite([value, *tree_leaves(grads), *tree_leaves(params)])
 
     return step
 
 
-def _finite(value: Tensor, grads: list[Tensor]) -> Tensor:
-    """True when the loss and every gradient are finite: NaN and inf survive a sum, so one sum per
-    gradient (a read of it) tells, where isfinite would write a mask of it. A gradient whose sum
-    overflows counts as non-finite too: that is divergence in all but name."""
-    return torch.isfinite(torch.stack([value, *[g.sum().to(value.dtype) for g in grads]])).all()
+def _finite(tensors: list[Tensor]) -> Tensor:
+    """True when every tensor is finite: NaN and inf survive a sum, so one sum per tensor (a read
+    of it) tells, where isfinite would write a mask of it. The sums run in float32 at least, so
+    that finite float16 params do not overflow theirs; a sum that overflows float32 counts as
+    non-finite: that is divergence in all but name."""
+    dtype = functools.reduce(torch.promote_types, [t.dtype for t in tensors], torch.float32)
+    return torch.isfinite(torch.stack([t.sum(dtype=dtype) for t in tensors])).all()
 
 
 # compile=True's mode, by device type. On CPU, max-autotune-no-cudagraphs was the fastest in steady
@@ -137,32 +141,43 @@ def fit(
     """Train `params` on `loss(model(params, xb), yb)` with `opt`, full batch or in minibatches.
 
     Pure: nothing the caller passed is mutated, and the same inputs give bitwise the same result
-    on CPU. Every input is checked before any work (see `_checks.py`).
+    on CPU. Every input is checked before any work (see `_checks.py`): among others, the model
+    and the loss run once on meta tensors (shapes only), so a mismatch of x, params, y or val
+    with the model or the loss is a ValueError naming the call that failed, before the first
+    step, for a plain callable model as for a Network. A model or loss that cannot run on meta
+    tensors (.item(), an op without a meta kernel) skips that check.
 
     Args:
-        params: a pytree of floating tensors with x's dtype and device, as made by `model.init`.
+        params: a pytree of finite floating tensors with x's dtype and device, as made by
+            `model.init`.
         x: (N, ...) real floating inputs; y: (N, ...) targets. No NaN or inf.
         opt: a GradientTransformation, e.g. `optim.adam(1e-4)`.
-        model: a Network, or any `apply(params, x) -> pred`.
-        loss: `loss(pred, y) -> 0-d tensor`.
+        model: a Network, or any `apply(params, x) -> pred` (pred a tensor).
+        loss: `loss(pred, y) -> 0-d floating tensor` (an integer loss would have no gradient).
         steps: updates to run in this call, >= 1. Give steps or epochs, not both; with neither,
             fit runs DEFAULT_STEPS (500) steps, as the seeds do.
         epochs: passes over the data to run in this call: epochs * ceil(N / batch_size) steps.
         batch_size: examples per step, 1..N; None for the whole data at every step. Batches are
             as torch's DataLoader(drop_last=False) makes them (the last one short); see `data.py`.
-        shuffle: a new order every epoch, drawn from `torch.Generator().manual_seed(seed)`.
+        shuffle: a new order every epoch, `data.epoch_order(N, seed, epoch)`.
         seed: the seed of the data order.
         opt_state: a state from an earlier fit or `opt.init(params)`; a fresh one when None.
-        start_step: the steps already done (an earlier result's `steps`): the data order and the
-            step counts go on from there, so fit(r.params, ..., opt_state=r.opt_state,
-            start_step=r.steps) continues r bitwise.
+        start_step: the steps already done (an earlier result's `steps`), < 2**63: the data
+            order and the step counts go on from there, so fit(r.params, ...,
+            opt_state=r.opt_state, start_step=r.steps) continues r bitwise, at a cost that does
+            not grow with start_step.
         val: (x_val, y_val) to evaluate the loss on every eval_every steps and after the last.
         callbacks: `callback(step, loss, params) -> bool` called at each evaluation; True stops
-            training (see `callbacks.py`, e.g. EarlyStopping).
-        log_every: print a progress line to stderr every log_every steps; 0 for none.
+            training. A callback's optional on_fit_start() runs before the first step and
+            on_fit_end(result) may replace the result (see `callbacks.py`, e.g. EarlyStopping
+            with restore_best=True).
+        log_every: print a progress line to stderr every log_every steps, naming the last step
+            run and its loss; 0 for none.
         eval_every: steps between evaluations; None for once per epoch (every step full batch).
-        on_nonfinite: when a loss or gradient is NaN or inf: "raise" a FloatingPointError naming
-            the step, "stop" and return the params from before that step, or "ignore" it.
+        on_nonfinite: when a loss, gradient or updated param is NaN or inf: "raise" a
+            FloatingPointError naming the step, "stop" and return the (finite) params from before
+            that step, or "ignore" it. Steps are numbered from 0, in errors and progress lines
+            alike (see `_loop.py`).
         compile: True to run the whole step compiled by torch.compile, in the mode that
             DEFAULT_COMPILE_MODES gives for x's device (CUDA graphs on cuda);
             or one of COMPILE_MODES. The compiled step is reused by later fits with the same
@@ -186,6 +201,7 @@ def fit(
     state = opt.init(leaves) if opt_state is None else _respec(opt_state, _checks.state_shapes(opt.init, leaves))
     tree = lambda leaves: tree_unflatten(leaves, spec)  # noqa: E731
     evaluate = None if val is None else (lambda p: loss(apply(tree(p), val[0]), val[1]))
+    hooks = list(callbacks)
     callbacks = [lambda s, l, p, cb=cb: cb(s, l, tree(p)) for cb in callbacks]
     plan = _plan(x.shape[0], steps, epochs, batch_size, start_step, val, callbacks, log_every,
                  eval_every, on_nonfinite)  # fmt: skip
@@ -197,13 +213,18 @@ def fit(
         step = _timing_first_call(compiled_step(apply, loss, opt, spec, mode), first_call)
     else:
         step = make_step(apply, loss, opt, spec)
+    for hook in hooks:
+        getattr(hook, "on_fit_start", lambda: None)()
     result = run(step, evaluate, leaves, state, data, plan)
-    return attrs.evolve(
+    result = attrs.evolve(
         result,
         params=tree(result.params),
         opt_state=tree_unflatten(tree_leaves(result.opt_state), state_spec),
         compile_time=sum(first_call),
     )
+    for hook in hooks:
+        result = getattr(hook, "on_fit_end", lambda r: r)(result)
+    return result
 
 
 def _own_code(fn: Callable) -> Callable:
@@ -284,13 +305,15 @@ def fit_ensemble(
             this function returns them); model k's params are `tree_index(result.params, k)`.
         opt: a GradientTransformation shared by all models; or, with lrs, a function that makes
             one from a learning rate, e.g. `lambda lr: optim.adam(lr)`. It is called inside vmap
-            with a 0-d tensor lr, so it must not branch on lr's value.
+            with a 0-d tensor lr, so it must not branch on lr's value (a ValueError before any
+            work says so when it does).
         lrs: K learning rates, one per model, or None.
         seed: an int (every model sees the same batches) or K ints (model k's data order is
             fit's with seed[k]); it matters only with shuffled minibatches.
         opt_state: a stacked state from an earlier fit_ensemble, or None for a fresh one.
         log_every: as fit's; the line shows the mean loss over the models.
-        on_nonfinite: as fit's, for the first model and step with a non-finite loss or gradient;
+        on_nonfinite: as fit's, for the first model and step with a non-finite loss, gradient
+            or updated param;
             "stop" stops every model there. With "ignore", a diverging model does not disturb
             the others.
         compile: as fit's, for the vmapped step, but True means torch.compile's "default" mode;

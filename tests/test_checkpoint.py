@@ -5,14 +5,20 @@ from __future__ import annotations
 
 import io
 import os
+import struct
+import subprocess
+import sys
+import zipfile
+from typing import NamedTuple
 
 import attrs
+import numpy as np
 import pytest
 import torch
 
 import functional_nn as fnn
 from functional_nn import checkpoint, optim
-from functional_nn._pytree import register_attrs, tree_leaves
+from functional_nn._pytree import register_attrs, tree_leaves, tree_map
 from tests.helpers import assert_trees_close
 
 NET = fnn.mlp([4, 6, 2])
@@ -128,7 +134,7 @@ def test_bad_checkpoint_files_get_clear_errors(tmp_path):
     with pytest.raises(ValueError, match=r"is not a functional_nn checkpoint \(it holds a dict with keys \['weight', 'bias'\]\)"):
         checkpoint.load(tmp_path / "state_dict.pt")
     torch.save({"format": checkpoint.FORMAT, "version": 99, "params": {}, "opt_state": None, "meta": {}}, tmp_path / "v99.pt")
-    with pytest.raises(ValueError, match=r"is a checkpoint of format version 99; this functional_nn reads version 1"):
+    with pytest.raises(ValueError, match=r"is a checkpoint of format version 99; this functional_nn reads versions 1, 2"):
         checkpoint.load(tmp_path / "v99.pt")
 
 
@@ -161,3 +167,256 @@ def test_a_fit_resumed_from_a_checkpoint_equals_one_never_interrupted(kwargs, to
     later = [i for i, s in enumerate(whole.val_steps) if s > cut]
     assert rest.val_steps == tuple(whole.val_steps[i] for i in later)
     assert_trees_close(rest.val_losses, whole.val_losses[later], rtol, "val losses")
+
+
+# --- what save refuses: exactly what load would refuse, named by its path, the old file kept ---
+
+
+class Opaque:
+    """A plain class: no checkpoint can hold it unless torch's own allowlist admits it."""
+
+    def __init__(self, value=1):
+        self.value = value
+
+    def __eq__(self, other):
+        return isinstance(other, Opaque) and other.value == self.value
+
+
+class UnregisteredState(NamedTuple):
+    count: torch.Tensor
+
+
+@attrs.frozen
+class UnregisteredAttrs:
+    count: torch.Tensor
+
+
+@checkpoint.register
+class UserState(NamedTuple):
+    """A user's NamedTuple state, registered through the public API."""
+
+    step: torch.Tensor
+    trace: dict
+
+
+@checkpoint.register
+@attrs.frozen
+class UserAttrsState:
+    """A user's attrs state, registered through the public API."""
+
+    count: torch.Tensor
+    inner: UserState
+
+
+@checkpoint.register
+@attrs.frozen
+class PrivateFieldsState:
+    """attrs takes the field `_count` as `count` in __init__: rebuilding it must use that name."""
+
+    _count: torch.Tensor
+    trace: torch.Tensor
+
+
+@attrs.frozen
+class DerivedFieldState:
+    """A field __init__ does not take: no pytree could rebuild this class from its fields."""
+
+    count: torch.Tensor
+    total: torch.Tensor = attrs.field(init=False, default=torch.zeros(()))
+
+
+W = torch.arange(6.0).reshape(2, 3)
+
+# (id, params, opt_state, meta, the path the message names, the fix it suggests)
+REFUSED = [
+    ("numpy-scalar-in-meta", [{"w": W}], None, dict(lr=np.float64(0.1)), r"meta\.lr is np\.float64\(0\.1\)", r"a\.item\(\)"),
+    ("numpy-array-in-params", [{"weight": np.zeros((2, 3))}], None, {}, r"params\.0\.weight is array\(", r"torch\.from_numpy\(a\)"),
+    ("lambda-in-meta", {"w": W}, None, dict(schedule=lambda s: 0.1), r"meta\.schedule is <function <lambda>", "plain Python values"),
+    ("object-in-state", {"w": W}, (W, {"x": Opaque()}), {}, r"opt_state\.1\.x is <tests\.test_checkpoint\.Opaque", "plain Python values"),
+    ("unregistered-class", {"w": W}, UnregisteredState(W), {}, r"opt_state is tests\.test_checkpoint\.UnregisteredState, a class load cannot read back until it is registered", r"checkpoint\.register\(UnregisteredState\)"),
+    ("unregistered-attrs", [{"w": W}], None, dict(best=[UnregisteredAttrs(W)]), r"meta\.best\.0 is tests\.test_checkpoint\.UnregisteredAttrs, a class", r"checkpoint\.register\(UnregisteredAttrs\)"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("params, opt_state, meta, where, fix", [r[1:] for r in REFUSED], ids=[r[0] for r in REFUSED])
+def test_save_refuses_what_load_could_not_read_and_keeps_the_old_file(params, opt_state, meta, where, fix, tmp_path):
+    path = tmp_path / "ck.pt"
+    checkpoint.save(path, {"w": W}, steps=1)
+    before = path.read_bytes()
+    with pytest.raises(TypeError, match=rf"^save: {where}.*{fix}.*Nothing was written"):
+        checkpoint.save(path, params, opt_state, **meta)
+    assert path.read_bytes() == before and os.listdir(tmp_path) == ["ck.pt"]
+    assert checkpoint.load(path).meta == {"steps": 1}
+
+
+def test_save_accepts_exactly_what_load_accepts(tmp_path):
+    """The check is load's own reader: a class torch's allowlist admits is saved, and refused when not."""
+    path = tmp_path / "ck.pt"
+    with torch.serialization.safe_globals([Opaque]):
+        checkpoint.save(path, {"w": W}, tag=Opaque(3))
+        assert checkpoint.load(path).meta == {"tag": Opaque(3)}
+    with pytest.raises(TypeError, match=r"meta\.tag is <tests\.test_checkpoint\.Opaque"):
+        checkpoint.save(path, {"w": W}, tag=Opaque(4))
+    with pytest.raises(ValueError, match="a safe \\(weights_only\\) load can read"):
+        checkpoint.load(path)  # the file saved under the allowlist is refused without it, as save was
+
+
+def test_registered_user_states_round_trip_and_are_pytrees(tmp_path):
+    nt = UserState(torch.tensor(3), {"mu": W.clone()})
+    state = (nt, UserAttrsState(torch.tensor([1, 2]), UserState(torch.tensor(5.0), {})))
+    assert len(tree_leaves(state)) == 4  # registered: pytree nodes, their tensors are the leaves
+    checkpoint.save(tmp_path / "ck.pt", {"w": W}, state)
+    got = checkpoint.load(tmp_path / "ck.pt").opt_state
+    assert type(got[0]) is UserState and type(got[1]) is UserAttrsState and type(got[1].inner) is UserState
+    assert_trees_close(got, state, 0.0)
+    plain = torch.load(tmp_path / "ck.pt", weights_only=True)  # torch's own safe load takes them too
+    assert type(plain["opt_state"][1]) is UserAttrsState
+
+
+def test_a_registered_attrs_state_with_private_fields_is_a_pytree_and_round_trips(tmp_path):
+    state = PrivateFieldsState(torch.tensor([1.0, 2.0]), torch.tensor(5))
+    assert checkpoint.register(PrivateFieldsState) is PrivateFieldsState  # a second time: harmless
+    doubled = tree_map(lambda t: 2 * t, state)
+    assert type(doubled) is PrivateFieldsState
+    assert torch.equal(doubled._count, torch.tensor([2.0, 4.0])) and torch.equal(doubled.trace, torch.tensor(10))
+    checkpoint.save(tmp_path / "ck.pt", {"w": W}, state)
+    got = checkpoint.load(tmp_path / "ck.pt").opt_state
+    assert type(got) is PrivateFieldsState
+    assert torch.equal(got._count, state._count) and torch.equal(got.trace, state.trace)
+
+
+def test_register_refuses_what_it_cannot_register(tmp_path):
+    class Local(NamedTuple):
+        x: torch.Tensor
+
+    with pytest.raises(TypeError, match=r"defined inside a function.*define it at module level"):
+        checkpoint.register(Local)
+    with pytest.raises(TypeError, match=r"takes a NamedTuple or an attrs class; got tests\.test_checkpoint\.Opaque"):
+        checkpoint.register(Opaque)
+    with pytest.raises(TypeError, match=r"register takes a class; got 3"):
+        checkpoint.register(3)
+    with pytest.raises(TypeError, match=r"DerivedFieldState, whose fields \['total'\] are not arguments of its __init__"):
+        checkpoint.register(DerivedFieldState)
+    with pytest.raises(TypeError, match=r"opt_state is tests\.test_checkpoint\.DerivedFieldState, a class"):
+        checkpoint.save(tmp_path / "ck.pt", {"w": W}, DerivedFieldState(W))  # so it stays unregistered
+
+
+# --- checksums ---
+
+
+def tensor_record(path):
+    """(offset, length) of the one tensor data record in a torch zip file."""
+    with zipfile.ZipFile(path) as z:
+        [info] = [i for i in z.infolist() if "/data/" in i.filename and i.filename.split("/")[-1].isdigit()]
+    with open(path, "rb") as f:  # the data starts after the local header, whose extra field pads it
+        f.seek(info.header_offset)
+        header = f.read(30)
+    name_len, extra_len = struct.unpack("<HH", header[26:30])
+    return info.header_offset + 30 + name_len + extra_len, info.file_size
+
+
+def test_a_flipped_bit_in_a_tensor_is_a_checksum_error(tmp_path):
+    path = tmp_path / "ck.pt"
+    w = torch.linspace(-1, 1, 64, dtype=torch.float64)
+    checkpoint.save(path, {"layer": {"w": w}}, steps=3)
+    offset, size = tensor_record(path)
+    assert size == w.numel() * 8
+    data = bytearray(path.read_bytes())
+    data[offset + size // 2] ^= 0x10
+    path.write_bytes(bytes(data))
+    silently = torch.load(path, weights_only=True)["params"]["layer"]["w"]  # torch checks no CRC
+    assert not torch.equal(silently, w) and (silently != w).sum() == 1
+    with pytest.raises(ValueError, match=r"ck.pt' fails its checksum at params\.layer\.w \(float64\[64\]\)"):
+        checkpoint.load(path)
+
+
+def test_version_1_files_load_without_a_checksum_check(tmp_path):
+    payload = {"format": checkpoint.FORMAT, "version": 1, "params": {"w": W}, "opt_state": None, "meta": {"steps": 4}}
+    torch.save(payload, tmp_path / "v1.pt")
+    got = checkpoint.load(tmp_path / "v1.pt")
+    assert got.meta == {"steps": 4} and torch.equal(got.params["w"], W)
+    torch.save(dict(payload, version=2), tmp_path / "v2-without-sums.pt")
+    with pytest.raises(ValueError, match=r"fails its checksum check: it holds 1 tensors but records no checksums"):
+        checkpoint.load(tmp_path / "v2-without-sums.pt")
+
+
+# --- durability: fsync order, a save killed mid-write, stale temporary files ---
+
+
+def test_save_fsyncs_the_file_before_the_rename_and_the_directory_after(tmp_path, monkeypatch):
+    calls = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: (calls.append(("fsync", os.fstat(fd).st_ino)), real_fsync(fd)))
+    monkeypatch.setattr(os, "replace", lambda a, b: (calls.append(("replace",)), real_replace(a, b)))
+    checkpoint.save(tmp_path / "ck.pt", {"w": W})
+    monkeypatch.undo()
+    file_ino, dir_ino = os.stat(tmp_path / "ck.pt").st_ino, os.stat(tmp_path).st_ino
+    assert calls == [("fsync", file_ino), ("replace",), ("fsync", dir_ino)]
+
+
+KILLED_SAVE = """
+import os, sys, time, torch
+from functional_nn import checkpoint
+
+def stall(fd):  # the whole tensor is written, the rename not yet done: kill here
+    print("writing", flush=True)
+    time.sleep(600)
+
+os.fsync = stall
+checkpoint.save(sys.argv[1], {"w": torch.ones(2_000_000)}, steps=2)
+"""
+
+
+def test_a_save_killed_mid_write_leaves_a_temp_that_the_next_save_removes(tmp_path):
+    path = tmp_path / "ck.pt"
+    checkpoint.save(path, {"w": W}, steps=1)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    child = subprocess.Popen([sys.executable, "-c", KILLED_SAVE, str(path)], stdout=subprocess.PIPE, text=True, env=env, cwd=root)
+    try:
+        assert child.stdout.readline() == "writing\n"
+    finally:
+        child.kill()  # SIGKILL: no finally block, no cleanup in the child runs
+        child.wait()
+        child.stdout.close()
+    [stale] = [n for n in os.listdir(tmp_path) if n != "ck.pt"]
+    host = checkpoint._host()
+    assert stale.startswith(f".ck.pt.{host}-{child.pid}.") and stale.endswith(".fnn-tmp")
+    assert os.path.getsize(tmp_path / stale) > 8_000_000  # the new tensor was in it
+    assert checkpoint.load(path).meta == {"steps": 1}  # the old checkpoint is whole
+    survivors = [
+        f".ck.pt.otherhost-{child.pid}.abcd1234.fnn-tmp",  # another machine's save (shared disk)
+        f".ck.pt.{host}-{os.getppid()}.abcd1234.fnn-tmp",  # a live process's save
+        f".ck.pt.{host}-{os.getpid()}.abcd1234.fnn-tmp",  # this process: maybe another thread's
+        f".ck.pt.{host}-{child.pid}.abcd1234.tmp",  # not our suffix
+        f"ck.pt.{host}-{child.pid}.abcd1234.fnn-tmp",  # not hidden: not our pattern
+        "notes.fnn-tmp",
+    ]
+    for name in survivors:
+        (tmp_path / name).write_bytes(b"keep me")
+    checkpoint.save(tmp_path / "other.pt", {"w": W}, steps=3)  # any save in the directory cleans
+    assert sorted(os.listdir(tmp_path)) == sorted(["ck.pt", "other.pt", *survivors])
+    assert all((tmp_path / name).read_bytes() == b"keep me" for name in survivors)
+
+
+@pytest.mark.filterwarnings("ignore:Validating sparse tensor invariants")  # torch 2.14 says it costs O(nnz)
+def test_tensors_without_a_byte_buffer_round_trip(tmp_path):
+    """Sparse and meta tensors have no plain bytes to hash: their dtype and shape are checked."""
+    sparse, meta = torch.eye(3, dtype=torch.float64).to_sparse(), torch.empty(2, 5, device="meta")
+    checkpoint.save(tmp_path / "ck.pt", {"sparse": sparse, "meta": meta})
+    got = checkpoint.load(tmp_path / "ck.pt").params
+    assert torch.equal(got["sparse"].to_dense(), sparse.to_dense()) and got["sparse"].layout == torch.sparse_coo
+    assert got["meta"].is_meta and got["meta"].shape == (2, 5)
+
+
+def test_save_into_a_missing_directory_names_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"save: the directory of '.*nowhere/ck.pt' does not exist"):
+        checkpoint.save(tmp_path / "nowhere" / "ck.pt", {"w": W})
+
+
+def test_loading_onto_meta_reads_shapes_without_a_checksum_error(tmp_path):
+    path = tmp_path / "ckpt.pt"
+    checkpoint.save(path, {"w": torch.arange(6.0).reshape(2, 3)}, steps=3)
+    loaded = checkpoint.load(path, map_location="meta")
+    assert loaded.params["w"].is_meta and loaded.params["w"].shape == (2, 3)
+    assert loaded.meta == {"steps": 3}

@@ -110,8 +110,8 @@ def test_ensemble_progress_lines_show_the_mean_loss(capsys):
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 2
     for line, s in zip(lines, (2, 4)):
-        assert line.startswith(f"step {s}/4  loss ")
-        assert float(line.split()[3]) == pytest.approx(float(r.losses[s - 1].mean()), rel=1e-5)
+        assert line.startswith(f"step {s - 1} ({s}/4 done)  loss ")
+        assert float(line.split()[5]) == pytest.approx(float(r.losses[s - 1].mean()), rel=1e-5)
 
 
 BAD = [
@@ -136,6 +136,23 @@ BAD = [
      ValueError, r"params must be a list of K params trees, or one tree whose every leaf has a leading axis of K"),
     ("stacked-other-net", dict(params=lambda m: tree_stack([fnn.mlp([D_IN, 4, D_OUT]).init(k, dtype=torch.float64) for k in range(K)])),
      ValueError, r"model 0 of the ensemble: (?=.*layer 0).*params\[0\]\['weight'\].* has shape \(4, 5\), expected \(8, 5\)"),
+    ("nan-params", dict(params=lambda m: m[:6] + [tree_map(lambda t: t * float("nan"), m[6])] + m[7:]), ValueError,
+     r"model 6 of the ensemble: params\[0\]\['weight'\] contains 40 NaN or inf values \(of 40\)"),
+    ("x-width", dict(x=torch.randn(N, 4, dtype=torch.float64)), ValueError,
+     r"^model 0 of the ensemble: x has shape \(20, 4\), but the first layer expects 5 features"),
+    ("x-width-stacked", dict(x=torch.randn(N, 4, dtype=torch.float64), params=tree_stack), ValueError,
+     r"^model 0 of the ensemble: x has shape \(20, 4\), but the first layer expects 5 features"),
+    ("x-width-plain", dict(x=torch.randn(N, 4, dtype=torch.float64), model=NET.apply), ValueError,
+     r"^model\(params, x\) fails for x of shape \(20, 4\)"),
+    ("factory-branches", dict(opt=lambda lr: optim.adam(lr) if lr > 1e-3 else optim.sgd(lr), lrs=LRS), ValueError,
+     r"^opt\(lr\) fails when called as fit_ensemble calls it, inside vmap .* the factory must not branch on "
+     r"lr's value"),
+    ("factory-branches-in-args", dict(opt=lambda lr: optim.sgd(lr, momentum=0.9 if lr > 1e-3 else 0.0), lrs=LRS),
+     ValueError, r"the factory must not branch on lr's value"),
+    ("factory-reads-number", dict(opt=lambda lr: optim.sgd(float(lr)), lrs=LRS), ValueError,
+     r"read it as a Python number"),
+    ("factory-returns-other", dict(opt=lambda lr: torch.optim.SGD, lrs=LRS), TypeError,
+     r"opt\(lr\) must return a GradientTransformation, e.g. optim.adam\(lr\), got type"),
     ("state-unstacked", dict(opt_state=lambda m: optim.adam(1e-3).init(m[0])), ValueError,
      r"opt_state does not match the structure of opt.init\(params\)"),
 ]  # fmt: skip
@@ -146,6 +163,6 @@ def test_bad_ensemble_input_is_refused_with_a_clear_message(change, error, messa
     models, x, y = problem()
     kw = dict(opt=optim.adam(1e-3), steps=2, model=NET)
     kw.update({k: v(models) if k in ("params", "opt_state") else v for k, v in change.items()})
-    params = kw.pop("params", models)
+    params, x = kw.pop("params", models), kw.pop("x", x)
     with pytest.raises(error, match=message):
         fnn.fit_ensemble(params, x, y, kw.pop("opt"), **kw)

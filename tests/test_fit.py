@@ -3,6 +3,7 @@ losses, purity and determinism. Bad input is in test_fit_errors.py, resuming in 
 
 from __future__ import annotations
 
+import hashlib
 import re
 import warnings
 
@@ -12,6 +13,7 @@ import torch
 import functional_nn as fnn
 from functional_nn import optim
 from functional_nn._pytree import tree_leaves, tree_map
+from functional_nn.data import batches, epoch_order
 from functional_nn.train import CHECK_EVERY, DEFAULT_STEPS
 from tests.helpers import assert_trees_close
 
@@ -63,9 +65,8 @@ def torch_loop(params, x, y, make_opt, epochs, batch_size, orders):
 def test_minibatches_follow_the_dataloader_loop(name, make_opt, make_torch_opt, shuffle, dtype, device):
     params, x, y = problem(device, dtype)
     epochs, batch_size, seed = 3, 6, 7  # batches of 6, 6, 6, 2
-    # The order data.py documents: epoch e is the (e+1)-th randperm of a generator seeded by seed.
-    g = torch.Generator().manual_seed(seed)
-    orders = [torch.randperm(N, generator=g).tolist() if shuffle else None for _ in range(epochs)]
+    # The order data.py documents, from its public function (checked against its recipe below).
+    orders = [epoch_order(N, seed, e).tolist() if shuffle else None for e in range(epochs)]
     expected_params, expected_losses = torch_loop(params, x, y, make_torch_opt, epochs, batch_size, orders)
     r = fnn.fit(params, x, y, make_opt(), model=NET, epochs=epochs, batch_size=batch_size,
                 shuffle=shuffle, seed=seed)  # fmt: skip
@@ -99,6 +100,40 @@ def test_each_epoch_visits_every_example_once_in_batches_like_dataloader():
         runs.setdefault(seed, []).append(epochs)
     assert runs[0][0] == runs[0][1]  # the order is a function of the seed
     assert runs[0][0] != runs[1][0]
+
+
+def test_epoch_order_follows_the_documented_recipe():
+    # data.py: randperm from a generator seeded by the first 8 bytes (little-endian) of
+    # BLAKE2b("seed,epoch"), written out here from the documentation.
+    for seed, epoch in [(0, 0), (7, 2), (2**64 - 1, 10**12)]:
+        digest = hashlib.blake2b(f"{seed},{epoch}".encode(), digest_size=8).digest()
+        g = torch.Generator().manual_seed(int.from_bytes(digest, "little"))
+        assert torch.equal(epoch_order(N, seed, epoch), torch.randperm(N, generator=g))
+    assert not torch.equal(epoch_order(N, 0, 1), epoch_order(N, 1, 0))
+
+
+def test_resuming_draws_one_order_however_far_in(monkeypatch):
+    x, y = torch.arange(N, dtype=torch.float64)[:, None], torch.zeros(N, 1)
+    for start in (0, 10**6, 2**62):
+        draws = []
+        real = torch.randperm
+        monkeypatch.setattr(torch, "randperm", lambda *a, **k: draws.append(1) or real(*a, **k))
+        xb, _ = next(batches(x, y, 6, True, 3, start_step=start))
+        monkeypatch.setattr(torch, "randperm", real)
+        epoch, i = divmod(start, 4)  # 4 batches of 6 rows per epoch of 20
+        assert len(draws) == 1
+        assert xb[:, 0].long().tolist() == epoch_order(N, 3, epoch)[6 * i : 6 * i + 6].tolist()
+
+
+def test_fit_resumes_at_step_2_to_the_62_at_once():
+    params, x, y = problem()
+    r = fnn.fit(params, x, y, optim.sgd(1e-3), model=NET, steps=2, batch_size=6, start_step=2**62)
+    assert r.steps == 2**62 + 2
+    with pytest.raises(ValueError, match=r"start_step \+ the steps of this call must be <= 2\*\*63 - 1 .*got 9223372036854775808 \+ 2"):
+        fnn.fit(params, x, y, optim.sgd(1e-3), model=NET, steps=2, start_step=2**63)
+    # The run's end counts, not only its start: 3 epochs of 4 batches from 2**63 - 12 fit exactly.
+    with pytest.raises(ValueError, match=r"got 9223372036854775797 \+ 12"):
+        fnn.fit(params, x, y, optim.sgd(1e-3), model=NET, epochs=3, batch_size=6, start_step=2**63 - 11)
 
 
 def test_unshuffled_batches_are_consecutive_rows():
@@ -167,12 +202,14 @@ def test_log_every_prints_one_line_per_k_steps_to_stderr(capsys):
     lines = err.splitlines()
     assert out == "" and len(lines) == 3
     for line, s in zip(lines, (3, 6, 9)):
-        m = re.fullmatch(r"step +(\d+)/10  loss (\S+)  val (\S+)  (\S+) steps/s", line)
+        # After s steps: step s - 1 was the last, and its loss is losses[s - 1].
+        m = re.fullmatch(r"step +(\d+) \( *(\d+)/10 done\)  loss (\S+)  val (\S+)  (\S+) steps/s", line)
         assert m, line
-        assert int(m[1]) == s and float(m[2]) == pytest.approx(float(r.losses[s - 1]), rel=1e-5)
+        assert (int(m[1]), int(m[2])) == (s - 1, s)
+        assert float(m[3]) == pytest.approx(float(r.losses[s - 1]), rel=1e-5)
         at_s = fnn.fit(params, x, y, optim.adam(1e-2), model=NET, steps=s).params
-        assert float(m[3]) == pytest.approx(float(fnn.sse(NET.apply(at_s, xv), yv)), rel=1e-5)
-        assert float(m[4]) > 0
+        assert float(m[4]) == pytest.approx(float(fnn.sse(NET.apply(at_s, xv), yv)), rel=1e-5)
+        assert float(m[5]) > 0
     fnn.fit(params, x, y, optim.adam(1e-2), model=NET, steps=4)
     assert capsys.readouterr() == ("", "")
 

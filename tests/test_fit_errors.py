@@ -8,7 +8,7 @@ import torch
 
 import functional_nn as fnn
 from functional_nn import optim
-from functional_nn._pytree import tree_map
+from functional_nn._pytree import tree_leaves, tree_map
 
 N, D_IN, H, D_OUT = 6, 5, 8, 3
 NET = fnn.mlp([D_IN, H, D_OUT])
@@ -30,6 +30,13 @@ def with_value(name, index, value):
         return {name: t}
 
     return change
+
+
+def poison(params, layer, key, value):
+    """A copy of mlp params with one entry of params[layer][key] set to value."""
+    params = tree_map(torch.clone, params)
+    params[layer][key].view(-1)[-1] = value
+    return params
 
 
 def on_meta(kw):
@@ -56,6 +63,10 @@ CASES = [
      r"(?=.*layer 0).*params\[0\]\['weight'\].* has shape \(7, 5\), expected \(8, 5\)"),
     ("no-bias-net", lambda kw: {"params": fnn.mlp([D_IN, H, D_OUT], bias=False).init(0)}, ValueError,
      r"(?=.*layer 0).*params\[0\].* has keys \['weight'\], expected \['bias', 'weight'\]"),
+    ("nan-params", lambda kw: {"params": poison(kw["params"], 1, "bias", float("nan"))}, ValueError,
+     r"params\[1\]\['bias'\] contains 1 NaN or inf values \(of 3\); start from finite params"),
+    ("inf-params", lambda kw: {"params": poison(kw["params"], 0, "weight", -float("inf"))}, ValueError,
+     r"params\[0\]\['weight'\] contains 1 NaN or inf values \(of 40\)"),
     ("int-params", lambda kw: {"params": [{"weight": torch.ones(H, D_IN, dtype=torch.int64)}]}, TypeError,
      r"params must be a non-empty pytree of floating tensors, got \[\{'weight': int64\[8, 5\]\}\]"),
     ("dtype", lambda kw: {"x": kw["x"].double(), "y": kw["y"].double()}, TypeError,
@@ -84,7 +95,7 @@ CASES = [
     ("callbacks", lambda kw: {"callbacks": [1]}, TypeError, r"callbacks must be a list or tuple of callables"),
     ("val-single", lambda kw: {"val": kw["x"]}, TypeError, r"val must be a pair \(x_val, y_val\) of tensors"),
     ("val-width", lambda kw: {"val": (torch.randn(3, 4), torch.randn(3, D_OUT))}, ValueError,
-     r"x has shape \(3, 4\), but the first layer expects 5 features"),
+     r"^val\[0\] \(x_val\) does not fit the model: x has shape \(3, 4\), but the first layer expects 5"),
     ("val-rows", lambda kw: {"val": (torch.randn(3, D_IN), torch.randn(2, D_OUT))}, ValueError,
      r"val\[0\] \(x_val\) and val\[1\] \(y_val\) must have the same number of rows"),
     ("val-nan", lambda kw: {"val": (torch.full((3, D_IN), float("nan")), torch.randn(3, D_OUT))}, ValueError,
@@ -101,7 +112,9 @@ CASES = [
      ValueError, r"cross_entropy: class labels for 3 classes must lie in \[0, 2\], got values from 0 to 3"),
     ("val-labels", lambda kw: {"loss": fnn.cross_entropy, "y": torch.tensor([0, 1, 2, 2, 0, 1]),
                                "val": (torch.randn(2, D_IN), torch.tensor([0, -1]))},
-     ValueError, r"class labels for 3 classes must lie in \[0, 2\], got values from -1 to 0"),
+     ValueError, r"^val\[1\] \(y_val\): cross_entropy: class labels for 3 classes must lie in \[0, 2\], got values from -1 to 0"),
+    ("val-target-shape", lambda kw: {"val": (torch.randn(2, D_IN), torch.randn(2, 4))}, ValueError,
+     r"^loss\(pred, val\[1\] \(y_val\)\) fails for pred of shape \(2, 3\) .* and val\[1\] \(y_val\) of shape \(2, 4\)"),
 ]  # fmt: skip
 
 
@@ -126,3 +139,106 @@ def test_bad_input_is_refused_before_any_work():
         fnn.fit(kw["params"], kw["x"], kw["y"], kw["opt"], model=model, steps=2,
                 opt_state=optim.adam(1e-3).init(fnn.mlp([D_IN, 7, D_OUT]).init(0)))  # fmt: skip
     assert calls == []
+
+
+def test_per_example_grads_refuses_nan_params_as_fit_does():
+    kw = good()
+    with pytest.raises(ValueError, match=r"params\[1\]\['weight'\] contains 1 NaN or inf values"):
+        fnn.per_example_grads(poison(kw["params"], 1, "weight", float("nan")), kw["x"], kw["y"], model=NET)
+
+
+def spying(apply, real_calls):
+    """apply, recording in real_calls each call on tensors that are not on meta."""
+
+    def model(params, x):
+        if x.device.type != "meta":
+            real_calls.append(tuple(x.shape))
+        return apply(params, x)
+
+    return model
+
+
+# Mistakes that a Network's own check names, made with a plain callable model: found by running the
+# model and the loss once on meta tensors. (id, change, exception, message)
+PLAIN_CASES = [
+    ("width", lambda kw: {"x": torch.randn(N, 4)}, ValueError,
+     r"^model\(params, x\) fails for x of shape \(6, 4\) and params \[\{'weight': float32\[8, 5\].* \(run once "
+     r"on meta tensors before training\): RuntimeError: .*\[6, 4\].*\[5, 8\]"),
+    ("other-net", lambda kw: {"params": fnn.mlp([4, 7, D_OUT]).init(0)}, ValueError,
+     r"^model\(params, x\) fails for x of shape \(6, 5\) and params \[\{'weight': float32\[7, 4\]"),
+    ("labels-out-of-range", lambda kw: {"loss": fnn.cross_entropy, "y": torch.tensor([0, 1, 2, 3, 0, 1])},
+     ValueError, r"^cross_entropy: class labels for 3 classes must lie in \[0, 2\], got values from 0 to 3"),
+    ("target-shape", lambda kw: {"y": torch.randn(N, 2)}, ValueError,
+     r"^loss\(pred, y\) fails for pred of shape \(6, 3\) \(torch.float32\) and y of shape \(6, 2\) "
+     r"\(torch.float32\) .*: ValueError: sse: .*"),
+    ("val-width", lambda kw: {"val": (torch.randn(3, 4), torch.randn(3, D_OUT))}, ValueError,
+     r"^model\(params, val\[0\] \(x_val\)\) fails for val\[0\] \(x_val\) of shape \(3, 4\)"),
+    ("val-labels", lambda kw: {"loss": fnn.cross_entropy, "y": torch.tensor([0, 1, 2, 2, 0, 1]),
+                               "val": (torch.randn(2, D_IN), torch.tensor([0, 5]))},
+     ValueError, r"^val\[1\] \(y_val\): cross_entropy: class labels for 3 classes must lie in \[0, 2\]"),
+    # What the loss returns, for a Network and a plain callable alike:
+    ("loss-not-scalar", lambda kw: {"loss": lambda p, t: (p - t) ** 2}, ValueError,
+     r"^loss\(pred, y\) must return a 0-d floating tensor, got shape \(6, 3\); reduce it"),
+    ("loss-integer", lambda kw: {"loss": lambda p, t: (p.argmax(1) != t.argmax(1)).sum()}, TypeError,
+     r"^loss\(pred, y\) must return a 0-d floating tensor, got dtype torch.int64: an integer"),
+    ("loss-float", lambda kw: {"loss": lambda p, t: 1.5}, TypeError,
+     r"^loss\(pred, y\) must return a 0-d floating tensor, got float 1.5"),
+    ("model-not-tensor", lambda kw: {"model_output": lambda out: (out, out)}, TypeError,
+     r"^model\(params, x\) must return a tensor, got tuple"),
+]  # fmt: skip
+
+
+# The cases found this way for a Network too (its own check reports the others, in CASES).
+NETWORK_TOO = {"labels-out-of-range", "target-shape", "val-labels", "loss-not-scalar", "loss-integer",
+               "loss-float", "model-not-tensor"}  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", ["plain-callable", "network"])
+@pytest.mark.parametrize("case, change, error, message", PLAIN_CASES, ids=[c[0] for c in PLAIN_CASES])
+def test_a_plain_callable_model_gets_clear_errors_before_the_first_step(case, change, error, message, kind):
+    kw = good()
+    kw.update(change(kw))
+    output = kw.pop("model_output", lambda out: out)
+    real_calls = []
+    model = spying(lambda p, x: output(NET.apply(p, x)), real_calls)
+    if kind == "network":
+        if case not in NETWORK_TOO:
+            pytest.skip("a Network's own check reports this one (CASES above)")
+        model = fnn.Network(init=NET.init, apply=model, check=NET.check)
+    params, x, y, opt = kw.pop("params"), kw.pop("x"), kw.pop("y"), kw.pop("opt")
+    with pytest.raises(error, match=message):
+        fnn.fit(params, x, y, opt, **{**kw, "model": model})
+    assert real_calls == []
+
+
+def item_model(params, x):
+    """NET with an output scale read as a Python number: .item() has no value on meta tensors."""
+    return NET.apply(params, x) * (1.0 + 0.0 * params[0]["bias"].sum().item())
+
+
+def cpu_constant_model(params, x):
+    """NET plus a tensor made on the cpu, which cannot meet a meta tensor."""
+    return NET.apply(params, x) + torch.zeros(D_OUT, dtype=x.dtype)
+
+
+def unique_model(params, x):
+    """NET through torch.unique, an op without a meta kernel."""
+    out = NET.apply(params, x)
+    return out + 0.0 * torch.unique(x).sum()
+
+
+@pytest.mark.parametrize("model", [item_model, cpu_constant_model, unique_model])
+def test_a_model_that_cannot_run_on_meta_tensors_still_trains(model):
+    kw = good()
+    r = fnn.fit(kw["params"], kw["x"], kw["y"], optim.adam(1e-2), model=model, steps=3)
+    expected = fnn.fit(kw["params"], kw["x"], kw["y"], optim.adam(1e-2), model=NET, steps=3)
+    assert r.steps == 3
+    for got, want in zip(tree_leaves(r.params), tree_leaves(expected.params)):
+        assert torch.allclose(got, want, rtol=1e-6, atol=0)
+
+
+def test_a_loss_that_cannot_run_on_meta_tensors_still_trains():
+    kw = good()
+    loss = lambda p, t: fnn.sse(p, t) * (1.0 + 0.0 * p.sum().item())  # noqa: E731
+    r = fnn.fit(kw["params"], kw["x"], kw["y"], optim.sgd(1e-3), model=NET.apply, loss=loss, steps=2)
+    assert r.steps == 2 and bool(torch.isfinite(r.losses).all())

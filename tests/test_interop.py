@@ -192,3 +192,45 @@ def test_from_module_check_wants_a_dict_of_params():
     net, params = fnn.from_module(nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)))
     with pytest.raises(TypeError, match=r"params must be a dict \{name: tensor\} as from_module makes, got list"):
         net.check(list(params.values()), torch.zeros(6, 3))
+
+
+def _bad_last_value(kind):
+    """Params for nn.Sequential(Linear(3, 4), ReLU, Linear(4, 2)): good values for every parameter
+    but the last one ('2.bias'), which is bad in the way `kind` names."""
+    module = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    params = {name: torch.full_like(p, 7.0) for name, p in module.named_parameters()}
+    params["2.bias"] = {
+        "shape": torch.zeros(3),
+        "integer": torch.zeros(2, dtype=torch.int64),
+        "complex": torch.zeros(2, dtype=torch.complex64),
+        "non-tensor": [0.0, 0.0],
+        "meta": torch.zeros(2, device="meta"),
+    }[kind]
+    assert list(params)[-1] == "2.bias"
+    return module, params
+
+
+@pytest.mark.parametrize(
+    "kind, error, message",
+    [
+        pytest.param("shape", ValueError, r"Sequential parameter '2.bias' has shape \(3,\), expected \(2,\)", id="shape"),
+        pytest.param("integer", TypeError, r"'2.bias' must be loaded from a floating tensor \(real, not complex\), got dtype torch.int64", id="integer"),
+        pytest.param("complex", TypeError, r"'2.bias' must be loaded from a floating tensor .*got dtype torch.complex64", id="complex"),
+        pytest.param("non-tensor", TypeError, r"Sequential parameter '2.bias' must be a torch.Tensor, got list", id="non-tensor"),
+        pytest.param("meta", ValueError, r"'2.bias' cannot be moved from meta to cpu", id="meta"),
+    ],
+)
+def test_to_module_with_a_bad_last_value_leaves_every_parameter_unchanged(kind, error, message):
+    module, params = _bad_last_value(kind)
+    before = {name: p.detach().clone() for name, p in module.named_parameters()}
+    with pytest.raises(error, match=message):
+        fnn.to_module(module, params)
+    assert all(torch.equal(p, before[name]) for name, p in module.named_parameters())
+
+
+def test_to_module_converts_values_to_the_modules_dtype_and_device(device):
+    module = _build(lambda: nn.Linear(3, 2), dtype=torch.float32, device=device)
+    params = {"weight": torch.full((2, 3), 0.1, dtype=torch.float64), "bias": torch.full((2,), 0.3, dtype=torch.float64)}
+    fnn.to_module(module, params)
+    assert module.weight.dtype == torch.float32 and module.weight.device.type == torch.device(device).type
+    assert torch.equal(module.weight.cpu(), torch.full((2, 3), 0.1, dtype=torch.float64).float())

@@ -3,6 +3,9 @@ although fit only looks every CHECK_EVERY steps."""
 
 from __future__ import annotations
 
+import math
+import re
+
 import pytest
 import torch
 
@@ -101,7 +104,7 @@ def test_the_first_bad_step_is_exact_wherever_it_falls_in_a_check(kind, row):
     y[row, 1] = 1.0
     params = net.init(0, dtype=torch.float64)
     kwargs = dict(model=net, loss=poisoned(kind), batch_size=1, shuffle=False, steps=row + 3)
-    what = "the loss is nan" if kind == "loss" else "the gradients are not all finite"
+    what = "the loss is nan" if kind == "loss" else "the gradients or the updated params are not all finite"
     with pytest.raises(FloatingPointError, match=rf"step {row}: .*{what}"):
         fnn.fit(params, x, y, optim.sgd(1e-3), **kwargs)
     stopped = fnn.fit(params, x, y, optim.sgd(1e-3), on_nonfinite="stop", **kwargs)
@@ -122,3 +125,39 @@ def test_stop_at_the_first_step_returns_copies_not_the_callers_tensors():
     assert r.stop_reason == "nonfinite" and r.nonfinite_step == 0
     for got, given in zip(tree_leaves(r.params), tree_leaves(params)):
         assert got is not given and torch.equal(got, given)
+
+
+def test_stop_in_float16_returns_finite_params_when_the_update_overflows():
+    # Adam's eps (1e-8) is 0 in float16, so a gradient entry of 0 (a dead ReLU unit) makes its
+    # update 0 / 0 = nan although the loss and every gradient are finite.
+    net = fnn.mlp([3, 16, 2])
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(8, 3, generator=g).half(), torch.randn(8, 2, generator=g).half()
+    params = net.init(0, dtype=torch.float16)
+    r = fnn.fit(params, x, y, optim.adam(1e-3), model=net, steps=5, on_nonfinite="stop")
+    assert r.stop_reason == "nonfinite" and r.steps == r.nonfinite_step
+    assert all(bool(torch.isfinite(t).all()) for t in tree_leaves(r.params))
+    assert_trees_close(r.params, fnn.fit(params, x, y, optim.adam(1e-3), model=net, steps=r.steps).params
+                       if r.steps else params, 0.0)  # fmt: skip
+    with pytest.raises(FloatingPointError, match=rf"step {r.nonfinite_step}: the loss is \S+ but the gradients or the updated params"):
+        fnn.fit(params, x, y, optim.adam(1e-3), model=net, steps=5)
+
+
+def test_large_finite_float16_params_are_not_taken_for_divergence():
+    # 40000 params of 2.0 sum to 80000, past float16's largest finite value (65504).
+    params = {"w": torch.full((40000,), 2.0, dtype=torch.float16)}
+    x, y = torch.ones(4, 1, dtype=torch.float16), torch.zeros(4, 1, dtype=torch.float16)
+    model = lambda p, x: x * p["w"][:1] * 0.0  # noqa: E731
+    r = fnn.fit(params, x, y, optim.sgd(1e-3), model=model, steps=3)
+    assert (r.stop_reason, r.nonfinite_step, r.steps) == ("done", None, 3)
+
+
+def test_a_progress_line_and_the_divergence_error_name_the_same_step(capsys):
+    params, x, y = diverging_problem()
+    with pytest.raises(FloatingPointError) as raised:
+        fnn.fit(params, x, y, optim.sgd(LR), model=NET, steps=50)
+    error_step = int(re.search(r"diverged at step (\d+)", str(raised.value))[1])
+    fnn.fit(params, x, y, optim.sgd(LR), model=NET, steps=50, on_nonfinite="ignore", log_every=1)
+    lines = capsys.readouterr().err.splitlines()
+    first_bad_line = next(line for line in lines if not math.isfinite(float(line.split("loss ")[1].split()[0])))
+    assert int(re.match(r"step +(\d+) ", first_bad_line)[1]) == error_step

@@ -165,11 +165,14 @@ def gradient_stream(dtype, seed=0):
     return draw(), [draw() for _ in range(STEPS)]
 
 
-def run_functional(case, params, grads, dtype, device):
-    """Params after each step, and the learning rate the state reports before each step."""
+def run_functional(case, params, grads, dtype, device, default=None):
+    """Params after each step, and the learning rate the state reports before each step; init
+    runs under the default dtype `default` (`dtype` when None), as torch.optim in `run_torch`
+    (NAdam's momentum product takes torch's scalar dtype)."""
     to = lambda tree: [{k: v.to(dtype=dtype, device=device) for k, v in layer.items()} for layer in tree]  # noqa: E731
     opt, params = case.fnn(device), to(params)
-    state = opt.init(params)
+    with default_dtype(default or dtype):
+        state = opt.init(params)
     trajectory, lrs_seen = [], []
     for g in grads:
         lrs_seen.append(optim.current_lr(state).item())
@@ -179,10 +182,11 @@ def run_functional(case, params, grads, dtype, device):
     return trajectory, lrs_seen
 
 
-def run_torch(case, params, grads, dtype, device):
+def run_torch(case, params, grads, dtype, device, default=None):
+    """torch.optim's trajectory, run under the default dtype `default` (`dtype` when None)."""
     leaves = [t.to(dtype=dtype, device=device).clone().requires_grad_(True) for t in tree_leaves(params)]
     spec = tree_structure(params)
-    with default_dtype(dtype):
+    with default_dtype(default or dtype):
         opt, scheduler = case.torch(leaves, device)
         trajectory, lrs_seen = [], []
         for step, g in enumerate(grads):
@@ -277,7 +281,8 @@ def test_training_three_ways(case, dtype, device):
     sign = -1.0 if case.kwargs.get("maximize") else 1.0
     start = [{k: cast(v) for k, v in layer.items()} for layer in params]
     loss = lambda pred, target: sign * fnn.sse(pred, target)  # noqa: E731
-    ours = fnn.fit(start, cast(x), cast(y), case.fnn(device), model=net, loss=loss, steps=TRAIN_STEPS).params
+    with default_dtype(dtype):  # as train_torch's
+        ours = fnn.fit(start, cast(x), cast(y), case.fnn(device), model=net, loss=loss, steps=TRAIN_STEPS).params
     theirs = train_torch(case, params, x, y, cast, device, dtype, sign)
     as_np = [{k: v.numpy() for k, v in layer.items()} for layer in params]
     oracle_loss = lambda pred, target: tuple(sign * v for v in oracle.losses.sse(pred, target))  # noqa: E731
@@ -317,3 +322,48 @@ def test_first_step_by_hand(name, kwargs, direction):
     ours, _ = run_functional(case, params, [g], torch.float64, "cpu")
     assert_trees_close(tree_leaves(ours[0]), expected, 1e-14, "functional_nn")
     assert_trees_close(tree_leaves(run_oracle(case, params, [g])[0]), expected, 1e-14, "oracle")
+
+
+@pytest.mark.parametrize("default", [torch.float64, torch.float32], ids=str)
+@pytest.mark.parametrize("kwargs", [dict(lr=1e-2), dict(lr=1e-2, momentum_decay=1e-2, weight_decay=0.1)], ids=str)
+def test_nadam_keeps_its_momentum_product_in_torchs_scalar_dtype(kwargs, default):
+    """torch.optim.NAdam rounds its momentum product in the default dtype if that is float64, else
+    in float32 (`_get_scalar_dtype`); so do we, so float64 params follow torch's to rounding under
+    either default (a float64 product under a float32 default differed from torch's by 6e-11)."""
+    case = Case("nadam", kwargs)
+    params, grads = gradient_stream(torch.float64)
+    with default_dtype(default):
+        state = case.fnn("cpu").init(params)
+    assert torch.get_default_dtype() == torch.float32  # restored
+    ours, _ = run_functional(case, params, grads, torch.float64, "cpu", default=default)
+    products = [s.mu_product for s in state if isinstance(s, optim.ScaleByNadamState)]
+    assert [p.dtype for p in products] == [default]
+    theirs, _ = run_torch(case, params, grads, torch.float64, "cpu", default=default)
+    assert_trees_close(stacked(ours), stacked(theirs), 1e-11, "functional_nn vs torch.optim")
+
+
+TENSOR_BETAS = ["adam", "adamw", "adamax", "nadam", "radam"]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("name", TENSOR_BETAS)
+def test_tensor_hyperparameters_give_the_numerics_of_floats(name, dtype):
+    """betas as two tensors and lr as a 0-d tensor (as torch.optim takes them) give bitwise the
+    trajectory of the same values as floats; float32 tensors stand for their rounded values."""
+    values = torch.tensor([1e-2, 0.8, 0.99], dtype=dtype)
+    as_floats = Case(name, dict(lr=values[0].item(), betas=(values[1].item(), values[2].item())))
+    as_tensors = Case(name, dict(lr=values[0], betas=(values[1], values[2])))
+    params, grads = gradient_stream(torch.float64)
+    floats, _ = run_functional(as_floats, params, grads[:50], torch.float64, "cpu")
+    tensors, _ = run_functional(as_tensors, params, grads[:50], torch.float64, "cpu")
+    assert all(torch.equal(a, b) for a, b in zip(stacked(tensors), stacked(floats)))
+
+
+def test_tensor_betas_follow_torch_optim_adam():
+    """torch.optim.Adam(betas=(tensor, tensor)) takes the same path: the trajectories agree."""
+    betas = (torch.tensor(0.8, dtype=torch.float64), torch.tensor(0.99, dtype=torch.float64))
+    case = Case("adam", dict(lr=1e-2, betas=betas))
+    params, grads = gradient_stream(torch.float64)
+    ours, _ = run_functional(case, params, grads, torch.float64, "cpu")
+    theirs, _ = run_torch(case, params, grads, torch.float64, "cpu")
+    assert_trees_close(stacked(ours), stacked(theirs), STREAM_RTOL[torch.float64], "functional_nn vs torch.optim")

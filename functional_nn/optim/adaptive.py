@@ -7,6 +7,8 @@ corrections, NAdam's momentum schedule, RAdam's rectification) are derived from 
 in float64: Python floats in eager CPU code, 0-d tensors elsewhere (no host sync on a GPU; traced
 by vmap, grad and compile): see `_foreach.value`. Every transform returns updates with the grads'
 tree and shapes; its state holds trees shaped like the params.
+Hyper-parameters are checked when a transform is built (finite numbers in range, bool flags), and
+each update checks its state (see `base`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from torch import Tensor
 
 from .._pytree import PyTree, register_namedtuple, tree_leaves, tree_map, tree_unflatten, zeros_like
 from . import _foreach
+from ._checks import flags, non_negative, number
 from ._foreach import once, scalar_sqrt, select
 from .base import GradientTransformation, checked_leaves, leafwise
 from .transforms import zero_count
@@ -25,6 +28,17 @@ from .transforms import zero_count
 
 def _steps(count: Tensor) -> float | Tensor:
     return _foreach.value(count)
+
+
+def _check_betas(**betas: float) -> None:
+    for name, value in betas.items():
+        number(name, value, "a number in [0, 1)", lambda v: 0.0 <= v < 1.0)
+
+
+def _scalar_dtype() -> torch.dtype:
+    """The dtype torch.optim keeps its scalar state in (`optimizer._get_scalar_dtype`): float64
+    when the default dtype is float64, else float32."""
+    return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
 
 
 def _moments(g: list[Tensor], state, spec, b1: float, b2: float) -> tuple[list[Tensor], list[Tensor]]:
@@ -69,6 +83,9 @@ def scale_by_adam(
     Returns:
         A GradientTransformation with a ScaleByAdamState.
     """
+    _check_betas(b1=b1, b2=b2)
+    non_negative(eps=eps)
+    flags(amsgrad=amsgrad)
 
     def init(params):
         nu_max = zeros_like(params) if amsgrad else ()
@@ -77,7 +94,7 @@ def scale_by_adam(
     def update_leaves(g, state, params, spec):
         count = state.count + 1
         mu, nu = _moments(g, state, spec, b1, b2)
-        nu_max = _foreach.maximum(tree_leaves(state.nu_max), nu) if amsgrad else nu
+        nu_max = _foreach.maximum(checked_leaves(state.nu_max, g, spec), nu) if amsgrad else nu
         t = _steps(count)
         bias_correction1 = 1.0 - b1**t
         bias_correction2_sqrt = scalar_sqrt(1.0 - b2**t)
@@ -86,7 +103,7 @@ def scale_by_adam(
         tree = lambda leaves: tree_unflatten(leaves, spec)  # noqa: E731
         return out, ScaleByAdamState(count, tree(mu), tree(nu), tree(nu_max) if amsgrad else ())
 
-    return leafwise(init, update_leaves)
+    return leafwise(init, update_leaves, ScaleByAdamState)
 
 
 @register_namedtuple
@@ -109,6 +126,8 @@ def scale_by_adamax(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> Gr
     Returns:
         A GradientTransformation with a ScaleByAdamaxState.
     """
+    _check_betas(b1=b1, b2=b2)
+    non_negative(eps=eps)
 
     def init(params):
         return ScaleByAdamaxState(zero_count(params), zeros_like(params), zeros_like(params))
@@ -121,13 +140,14 @@ def scale_by_adamax(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> Gr
         out = _foreach.div_(_foreach.div(mu, nu), once(1.0 - b1 ** _steps(count)))
         return out, ScaleByAdamaxState(count, tree_unflatten(mu, spec), tree_unflatten(nu, spec))
 
-    return leafwise(init, update_leaves)
+    return leafwise(init, update_leaves, ScaleByAdamaxState)
 
 
 @register_namedtuple
 class ScaleByNadamState(NamedTuple):
-    """State of `scale_by_nadam`: step count, the product of the momentum schedule so far (float64,
-    0-d), first and second moments."""
+    """State of `scale_by_nadam`: step count, the product of the momentum schedule so far (0-d, in
+    torch.optim's scalar dtype: float64 when the default dtype is float64 at init, else float32),
+    first and second moments."""
 
     count: Tensor
     mu_product: Tensor
@@ -149,10 +169,13 @@ def scale_by_nadam(
     Returns:
         A GradientTransformation with a ScaleByNadamState.
     """
+    _check_betas(b1=b1, b2=b2)
+    non_negative(eps=eps, momentum_decay=momentum_decay)
 
     def init(params):
         count = zero_count(params)
-        mu_product = torch.ones((), dtype=torch.float64, device=count.device)
+        # torch.optim rounds the product in its scalar dtype, then uses it as a Python float.
+        mu_product = torch.ones((), dtype=_scalar_dtype(), device=count.device)
         return ScaleByNadamState(count, mu_product, zeros_like(params), zeros_like(params))
 
     def update_leaves(g, state, params, spec):
@@ -160,7 +183,9 @@ def scale_by_nadam(
         t = _steps(count)
         mu_t = b1 * (1.0 - 0.5 * 0.96 ** (t * momentum_decay))
         mu_next = b1 * (1.0 - 0.5 * 0.96 ** ((t + 1.0) * momentum_decay))
-        mu_product = state.mu_product * mu_t
+        # Rounded to the product's dtype first, as torch.optim does (a float multiplies so anyway).
+        factor = mu_t.to(state.mu_product.dtype) if isinstance(mu_t, Tensor) else mu_t
+        mu_product = state.mu_product * factor
         product = _foreach.value(mu_product)
         mu, nu = _moments(g, state, spec, b1, b2)
         denom = _foreach.add_scalar_(_foreach.sqrt_(_foreach.div(nu, once(1.0 - b2**t))), eps)
@@ -170,7 +195,7 @@ def scale_by_nadam(
         mu, nu = tree_unflatten(mu, spec), tree_unflatten(nu, spec)
         return out, ScaleByNadamState(count, mu_product, mu, nu)
 
-    return leafwise(init, update_leaves)
+    return leafwise(init, update_leaves, ScaleByNadamState)
 
 
 @register_namedtuple
@@ -198,6 +223,8 @@ def scale_by_radam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> Gra
     Returns:
         A GradientTransformation with a ScaleByRadamState.
     """
+    _check_betas(b1=b1, b2=b2)
+    non_negative(eps=eps)
     rho_inf = 2.0 / (1.0 - b2) - 1.0
 
     def init(params):
@@ -219,7 +246,7 @@ def scale_by_radam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> Gra
         out = _foreach.mul_(_foreach.add_scalar_(_foreach.mul_(inverse, once(s_t)), once(u_t)), mu)
         return out, ScaleByRadamState(count, tree_unflatten(mu, spec), tree_unflatten(nu, spec))
 
-    return leafwise(init, update_leaves)
+    return leafwise(init, update_leaves, ScaleByRadamState)
 
 
 @register_namedtuple
@@ -243,6 +270,8 @@ def scale_by_rms(alpha: float = 0.99, eps: float = 1e-8, centered: bool = False)
     Returns:
         A GradientTransformation with a ScaleByRmsState.
     """
+    non_negative(alpha=alpha, eps=eps)
+    flags(centered=centered)
 
     def init(params):
         return ScaleByRmsState(zeros_like(params), zeros_like(params) if centered else ())
@@ -251,14 +280,14 @@ def scale_by_rms(alpha: float = 0.99, eps: float = 1e-8, centered: bool = False)
         decayed = _foreach.mul(checked_leaves(state.nu, g, spec), alpha)
         nu = _foreach.addcmul_(decayed, g, g, 1.0 - alpha)
         if centered:
-            mu = _foreach.lerp(tree_leaves(state.mu), g, 1.0 - alpha)
+            mu = _foreach.lerp(checked_leaves(state.mu, g, spec), g, 1.0 - alpha)
             avg = _foreach.sqrt_(_foreach.addcmul(nu, mu, mu, -1.0))
         else:
             avg = _foreach.sqrt(nu)
         out = _over(g, _foreach.add_scalar_(avg, eps))
         return out, ScaleByRmsState(tree_unflatten(nu, spec), tree_unflatten(mu, spec) if centered else ())
 
-    return leafwise(init, update_leaves)
+    return leafwise(init, update_leaves, ScaleByRmsState)
 
 
 @register_namedtuple
@@ -278,6 +307,7 @@ def scale_by_rss(initial_accumulator_value: float = 0.0, eps: float = 1e-10) -> 
     Returns:
         A GradientTransformation with a ScaleByRssState.
     """
+    non_negative(initial_accumulator_value=initial_accumulator_value, eps=eps)
 
     def init(params):
         return ScaleByRssState(tree_map(lambda p: torch.full_like(p, initial_accumulator_value), params))
@@ -287,4 +317,4 @@ def scale_by_rss(initial_accumulator_value: float = 0.0, eps: float = 1e-10) -> 
         out = _over(g, _foreach.add_scalar_(_foreach.sqrt(total), eps))
         return out, ScaleByRssState(tree_unflatten(total, spec))
 
-    return leafwise(init, update_leaves)
+    return leafwise(init, update_leaves, ScaleByRssState)

@@ -2,15 +2,18 @@
 
 Each alias is `chain(head, direction, [decoupled decay], scale_by_learning_rate(lr))`, where the head
 is what torch.optim does to the raw gradient first (negate when maximizing, then add L2 decay).
-Hyper-parameters are validated when the optimizer is built, as torch.optim does; `lr` may be a
-number, a 0-d tensor (e.g. batched by vmap: one learning rate per model) or a schedule.
+Hyper-parameters are validated when the optimizer is built, as torch.optim does, and more strictly:
+numbers must be finite, flags bools. `lr` may be a number, a 0-d tensor (e.g. batched by vmap: one
+learning rate per model) or a schedule. `betas` may be two numbers or, as torch.optim.Adam takes
+them, two 1-element tensors, read once when the optimizer is built (the only host sync, never in
+an update): the numerics are those of the same betas given as floats.
 """
 
 from __future__ import annotations
 
 import torch
 
-from ._checks import non_negative, number
+from ._checks import flags, non_negative, number
 from .adaptive import (
     scale_by_adam,
     scale_by_adamax,
@@ -25,12 +28,41 @@ from .transforms import Schedule, add_decayed_weights, as_schedule, scale, scale
 LearningRate = float | torch.Tensor | Schedule
 
 
-def _betas(betas: tuple[float, float]) -> tuple[float, float]:
+Betas = tuple[float, float] | tuple[torch.Tensor, torch.Tensor]
+
+
+def _betas(betas: Betas) -> tuple[float, float]:
+    """betas as two floats in [0, 1), after torch.optim.Adam's checks (two numbers or two tensors)."""
     if not isinstance(betas, (tuple, list)) or len(betas) != 2:
         raise ValueError(f"Invalid betas: {betas!r} (expected a pair (beta1, beta2), e.g. (0.9, 0.999)).")
-    for i, b in enumerate(betas):
+    if isinstance(betas[0], torch.Tensor) != isinstance(betas[1], torch.Tensor):
+        raise ValueError(
+            f"betas must be either both floats or both Tensors (as in torch.optim.Adam), got "
+            f"({type(betas[0]).__name__}, {type(betas[1]).__name__}); make both numbers, e.g. "
+            f"(0.9, 0.999), or both tensors."
+        )
+    values = tuple(_beta_value(i, b) for i, b in enumerate(betas))
+    for i, b in enumerate(values):
         number(f"betas[{i}]", b, "a number in [0, 1)", lambda v: 0.0 <= v < 1.0)
-    return betas[0], betas[1]
+    return values[0], values[1]
+
+
+def _beta_value(i: int, beta: float | torch.Tensor) -> float:
+    """A tensor beta's value as a float (the arithmetic then is that of float betas)."""
+    if not isinstance(beta, torch.Tensor):
+        return beta
+    if beta.numel() != 1 or not beta.is_floating_point():
+        raise ValueError(
+            f"Tensor betas[{i}] must be 1-element and floating, got shape {tuple(beta.shape)} and "
+            f"dtype {beta.dtype}; e.g. torch.tensor(0.9)."
+        )
+    if beta.requires_grad:
+        raise ValueError(
+            f"Tensor betas[{i}] requires grad, but betas are read as numbers when the optimizer is "
+            f"built, so no gradient would reach it; pass betas[{i}].detach() (a 0-d tensor lr can "
+            "be differentiated through)."
+        )
+    return beta.item()
 
 
 def _parts(maximize: bool, weight_decay: float, *direction, decoupled: bool = False) -> list:
@@ -65,7 +97,8 @@ def sgd(
         the learning rate.
     """
     non_negative(momentum=momentum, weight_decay=weight_decay)
-    number("dampening", dampening, "a number", lambda v: v == v)
+    number("dampening", dampening, "a number", lambda v: True)
+    flags(nesterov=nesterov, maximize=maximize)
     if nesterov and (momentum <= 0.0 or dampening != 0.0):
         raise ValueError(
             f"Nesterov momentum requires momentum > 0 and dampening == 0, got momentum={momentum}, "
@@ -100,14 +133,15 @@ def rmsprop(
         A GradientTransformation whose state holds the mean square (and mean) of the grads, the
         momentum buffer and the learning rate.
     """
-    non_negative(alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum)
+    non_negative(weight_decay=weight_decay, momentum=momentum)
+    flags(maximize=maximize)
     direction = [scale_by_rms(alpha, eps, centered)] + ([trace(momentum)] if momentum > 0.0 else [])
     return chain(*_parts(maximize, weight_decay, *direction), scale_by_learning_rate(lr))
 
 
 def adam(
     lr: LearningRate = 1e-3,
-    betas: tuple[float, float] = (0.9, 0.999),
+    betas: Betas = (0.9, 0.999),
     eps: float = 1e-8,
     weight_decay: float = 0.0,
     amsgrad: bool = False,
@@ -129,14 +163,15 @@ def adam(
         max with amsgrad) and the learning rate.
     """
     b1, b2 = _betas(betas)
-    non_negative(eps=eps, weight_decay=weight_decay)
+    non_negative(weight_decay=weight_decay)
+    flags(maximize=maximize)
     direction = scale_by_adam(b1, b2, eps, amsgrad)
     return chain(*_parts(maximize, weight_decay, direction), scale_by_learning_rate(lr))
 
 
 def adamw(
     lr: LearningRate = 1e-3,
-    betas: tuple[float, float] = (0.9, 0.999),
+    betas: Betas = (0.9, 0.999),
     eps: float = 1e-8,
     weight_decay: float = 1e-2,
     amsgrad: bool = False,
@@ -156,7 +191,8 @@ def adamw(
         max with amsgrad) and the learning rate.
     """
     b1, b2 = _betas(betas)
-    non_negative(eps=eps, weight_decay=weight_decay)
+    non_negative(weight_decay=weight_decay)
+    flags(maximize=maximize)
     direction = scale_by_adam(b1, b2, eps, amsgrad)
     return chain(*_parts(maximize, weight_decay, direction, decoupled=True), scale_by_learning_rate(lr))
 
@@ -184,11 +220,11 @@ def adagrad(
         A GradientTransformation whose state holds the sum of squared grads and the learning
         rate.
     """
-    non_negative(lr_decay=lr_decay, weight_decay=weight_decay, eps=eps)
-    non_negative(initial_accumulator_value=initial_accumulator_value)
+    non_negative(lr_decay=lr_decay, weight_decay=weight_decay)
+    flags(maximize=maximize)
+    direction = scale_by_rss(initial_accumulator_value, eps)
     if lr_decay != 0.0:
         lr = _inverse_time_decay(as_schedule(lr), lr_decay)
-    direction = scale_by_rss(initial_accumulator_value, eps)
     return chain(*_parts(maximize, weight_decay, direction), scale_by_learning_rate(lr))
 
 
@@ -199,7 +235,7 @@ def _inverse_time_decay(schedule: Schedule, lr_decay: float) -> Schedule:
 
 def adamax(
     lr: LearningRate = 2e-3,
-    betas: tuple[float, float] = (0.9, 0.999),
+    betas: Betas = (0.9, 0.999),
     eps: float = 1e-8,
     weight_decay: float = 0.0,
     *,
@@ -219,14 +255,15 @@ def adamax(
         infinity norm and the learning rate.
     """
     b1, b2 = _betas(betas)
-    non_negative(eps=eps, weight_decay=weight_decay)
+    non_negative(weight_decay=weight_decay)
+    flags(maximize=maximize)
     direction = scale_by_adamax(b1, b2, eps)
     return chain(*_parts(maximize, weight_decay, direction), scale_by_learning_rate(lr))
 
 
 def nadam(
     lr: LearningRate = 2e-3,
-    betas: tuple[float, float] = (0.9, 0.999),
+    betas: Betas = (0.9, 0.999),
     eps: float = 1e-8,
     weight_decay: float = 0.0,
     momentum_decay: float = 4e-3,
@@ -249,7 +286,8 @@ def nadam(
         moments and the learning rate.
     """
     b1, b2 = _betas(betas)
-    non_negative(eps=eps, weight_decay=weight_decay, momentum_decay=momentum_decay)
+    non_negative(weight_decay=weight_decay)
+    flags(decoupled_weight_decay=decoupled_weight_decay, maximize=maximize)
     direction = scale_by_nadam(b1, b2, eps, momentum_decay)
     parts = _parts(maximize, weight_decay, direction, decoupled=decoupled_weight_decay)
     return chain(*parts, scale_by_learning_rate(lr))
@@ -257,7 +295,7 @@ def nadam(
 
 def radam(
     lr: LearningRate = 1e-3,
-    betas: tuple[float, float] = (0.9, 0.999),
+    betas: Betas = (0.9, 0.999),
     eps: float = 1e-8,
     weight_decay: float = 0.0,
     decoupled_weight_decay: bool = False,
@@ -279,7 +317,8 @@ def radam(
         learning rate.
     """
     b1, b2 = _betas(betas)
-    non_negative(eps=eps, weight_decay=weight_decay)
+    non_negative(weight_decay=weight_decay)
+    flags(decoupled_weight_decay=decoupled_weight_decay, maximize=maximize)
     direction = scale_by_radam(b1, b2, eps)
     parts = _parts(maximize, weight_decay, direction, decoupled=decoupled_weight_decay)
     return chain(*parts, scale_by_learning_rate(lr))

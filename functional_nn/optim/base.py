@@ -7,17 +7,25 @@ of tensors (NamedTuples here), step counts included, so it can be saved, vmapped
 The transforms of this package are written over the flat list of leaves (`leafwise`): a chain of
 them flattens the grads and params once per update, not once per transform, which keeps the
 Python work of a step close to torch.optim's.
+
+Every update checks what it is given, from metadata only (types, tree structures, shapes, dtypes;
+never a value, so no host sync, and the checks trace under vmap, grad and torch.compile): a state
+of another transform or a step count that is not an integer tensor (`check_state`), grads whose
+tree, shapes or dtypes differ from the state's or the params' (`checked_leaves`, `param_leaves`),
+and updates of another dtype than the params (`apply_updates` never promotes the params).
 """
 
 from __future__ import annotations
 
 from typing import Callable, NamedTuple
 
+import torch
 from torch import Tensor
 
 from .._pytree import (
     PyTree,
     assert_same_structure,
+    describe,
     register_namedtuple,
     tree_flatten,
     tree_unflatten,
@@ -45,7 +53,9 @@ class EmptyState(NamedTuple):
     """The state of a transform that keeps none."""
 
 
-def leafwise(init: Callable[[PyTree], PyTree], update_leaves: LeafUpdate) -> GradientTransformation:
+def leafwise(
+    init: Callable[[PyTree], PyTree], update_leaves: LeafUpdate, state_type: type | None = None
+) -> GradientTransformation:
     """A transform from an update over the flat list of leaves; the tree is flattened here, once.
 
     Args:
@@ -53,18 +63,70 @@ def leafwise(init: Callable[[PyTree], PyTree], update_leaves: LeafUpdate) -> Gra
         update_leaves: `(grad_leaves, state, params or None, spec) -> (leaves, new_state)`, where
             `spec` is the grads' tree structure (to rebuild per-param state trees); params stay a
             tree, flattened only by the transforms that read them (`param_leaves`).
+        state_type: the class of the states `init` makes; when given, every update first checks
+            its state with `check_state`.
     Returns:
         A GradientTransformation whose `update` also carries `update_leaves` as `.leaves`, so
         `chain` can compose the list-level functions without flattening in between.
     """
+    if state_type is not None:
+        unchecked = update_leaves
+
+        def update_leaves(g, state, params, spec):
+            check_state(state, state_type, g, spec)
+            return unchecked(g, state, params, spec)
 
     def update(grads, state, params=None):
         g, spec = tree_flatten(grads)
         out, state = update_leaves(g, state, params, spec)
-        return tree_unflatten(out, spec), state
+        return tree_unflatten(_keep_dtypes(out, g), spec), state
 
     update.leaves = update_leaves
     return GradientTransformation(init, update)
+
+
+def _keep_dtypes(out: list[Tensor], like: list[Tensor]) -> list[Tensor]:
+    """`out` in the dtypes of `like`. A 0-d leaf times a 0-d float64 factor (a bias correction,
+    a scheduled lr) promotes to float64, as two 0-d tensors promote by dtype; larger leaves never
+    do, so this is the identity for them."""
+    return [u if u.dtype == x.dtype else u.to(x.dtype) for u, x in zip(out, like)]
+
+
+def check_state(state: PyTree, state_type: type, grads: list[Tensor], spec) -> None:
+    """Check, from metadata only, that `state` is a `state_type` with an integer step count.
+
+    Raises:
+        ValueError: showing both structures, when state is not a `state_type` (the state of another
+            transform or optimizer), or its count is not 0-d.
+        TypeError: when its `count` is not an integer tensor (a float count would be used as is).
+    """
+    if not isinstance(state, state_type):
+        fields = ", ".join(state_type._fields)
+        raise ValueError(
+            f"state does not belong to this transform.\n"
+            f"  state: {describe(state)}\n"
+            f"  expected: {state_type.__name__}({fields}), its trees shaped like the grads: "
+            f"{describe(tree_unflatten(grads, spec))}\n"
+            "Pass the state that this optimizer's init made (or a checkpoint of it)."
+        )
+    if "count" not in state_type._fields:
+        return
+    count = state.count
+    if not isinstance(count, Tensor) or not _is_integer(count.dtype):
+        given = f"dtype {count.dtype}" if isinstance(count, Tensor) else f"{type(count).__name__}: {count!r}"
+        raise TypeError(
+            f"{state_type.__name__}.count must be an integer tensor (init makes a 0-d int64), got "
+            f"{given}; keep the count init made, e.g. torch.tensor(steps_done, dtype=torch.int64)."
+        )
+    if count.ndim != 0:
+        raise ValueError(
+            f"{state_type.__name__}.count must be 0-d (one step count per optimizer state), got "
+            f"shape {tuple(count.shape)}; keep the count init made."
+        )
+
+
+def _is_integer(dtype: torch.dtype) -> bool:
+    return not (dtype.is_floating_point or dtype.is_complex or dtype == torch.bool)
 
 
 def param_leaves(params: PyTree | None, grads: list[Tensor], spec, user: str) -> list[Tensor]:
@@ -73,6 +135,7 @@ def param_leaves(params: PyTree | None, grads: list[Tensor], spec, user: str) ->
     Raises:
         ValueError: when params is None (naming `user`, the transform that needs them), or when
             the grads' structure or a shape differs (showing both trees).
+        TypeError: showing both trees, when a dtype differs (the updates would be promoted).
     """
     if params is None:
         raise ValueError(f"{user} needs params: call update(grads, state, params).")
@@ -84,6 +147,7 @@ def checked_leaves(buffer: PyTree, grads: list[Tensor], spec) -> list[Tensor]:
 
     Raises:
         ValueError: showing both trees, when the structure or a shape differs.
+        TypeError: showing both trees, when a dtype differs.
     """
     return _matching_leaves(buffer, grads, spec, "grads", "the optimizer state (made from params)")
 
@@ -91,10 +155,18 @@ def checked_leaves(buffer: PyTree, grads: list[Tensor], spec) -> list[Tensor]:
 def _matching_leaves(
     reference: PyTree, leaves: list[Tensor], spec, name: str, reference_name: str
 ) -> list[Tensor]:
-    """The leaves of `reference`, after checking that `leaves` (of the tree `spec`) fit them."""
+    """The leaves of `reference`, after checking that `leaves` (of the tree `spec`) fit them:
+    structure and shapes (ValueError), then dtypes (TypeError), both messages showing both trees."""
     reference_leaves, reference_spec = tree_flatten(reference)
     if reference_spec != spec or any(a.shape != b.shape for a, b in zip(leaves, reference_leaves)):
         assert_same_structure(tree_unflatten(leaves, spec), reference, name, reference_name)
+    if any(a.dtype != b.dtype for a, b in zip(leaves, reference_leaves)):
+        raise TypeError(
+            f"{name} do not have the dtypes of {reference_name}.\n"
+            f"  {name}: {describe(tree_unflatten(leaves, spec))}\n"
+            f"  {reference_name}: {describe(reference)}\n"
+            f"Convert one to the other's dtypes (mixing them would promote the result silently)."
+        )
     return reference_leaves
 
 
@@ -105,7 +177,17 @@ def chain(*transforms: GradientTransformation) -> GradientTransformation:
         transforms: GradientTransformations, applied in order.
     Returns:
         A GradientTransformation whose state is the tuple of the transforms' states, in order.
+    Raises:
+        TypeError: naming its position, for an argument that is not a GradientTransformation.
     """
+    for i, t in enumerate(transforms):
+        if not isinstance(t, GradientTransformation):
+            # The common slip: the factory itself, optim.scale_by_adam, for optim.scale_by_adam().
+            hint = f"; call it: {t.__name__}(...)" if callable(t) and hasattr(t, "__name__") else ""
+            raise TypeError(
+                f"chain's argument {i} must be a GradientTransformation (an (init, update) pair, "
+                f"e.g. optim.scale(-1.0)), got {type(t).__name__}: {t!r}{hint}."
+            )
 
     def init(params):
         return tuple(t.init(params) for t in transforms)
@@ -123,9 +205,10 @@ def chain(*transforms: GradientTransformation) -> GradientTransformation:
 
         def update_leaves(g, state, p, spec):
             check(state)
-            new_state = []
+            g_in, new_state = g, []
             for part, s in zip(parts, state):
                 g, s = part(g, s, p, spec)
+                g = _keep_dtypes(g, g_in)
                 new_state.append(s)
             return g, tuple(new_state)
 
@@ -149,7 +232,10 @@ def apply_updates(params: PyTree, updates: PyTree) -> PyTree:
         params: a pytree of tensors.
         updates: a pytree of the same structure and shapes, as returned by an optimizer's update.
     Returns:
-        The new params; the inputs are not modified.
+        The new params, of the params' dtypes; the inputs are not modified.
+    Raises:
+        ValueError: showing both trees, when the structure or a shape differs.
+        TypeError: showing both trees, when a dtype differs: the params are never promoted.
     """
     deltas, spec = tree_flatten(updates)
     leaves = _matching_leaves(params, deltas, spec, "updates", "params")

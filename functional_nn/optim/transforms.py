@@ -74,11 +74,11 @@ def clip_by_global_norm(max_norm: float) -> GradientTransformation:
     ||g|| + 1e-6 = max_norm is that of the scaled branch.
 
     Args:
-        max_norm: a number >= 0.
+        max_norm: a number >= 0; inf clips nothing, as in torch.
     Returns:
         A stateless GradientTransformation.
     """
-    number("max_norm", max_norm, "a number >= 0")
+    number("max_norm", max_norm, "a number >= 0, or inf for no clipping", allow_inf=True)
 
     def update_leaves(g, state, p, spec):
         if not g:
@@ -98,11 +98,11 @@ def clip_by_value(clip_value: float) -> GradientTransformation:
     gradient (it is inside the closed interval), on every torch release.
 
     Args:
-        clip_value: a number >= 0.
+        clip_value: a number >= 0; inf clips nothing.
     Returns:
         A stateless GradientTransformation.
     """
-    number("clip_value", clip_value, "a number >= 0")
+    number("clip_value", clip_value, "a number >= 0, or inf for no clipping", allow_inf=True)
     return _stateless(lambda g, state, p, spec: (_foreach.clamp(g, -clip_value, clip_value), state))
 
 
@@ -139,7 +139,7 @@ def scale_by_learning_rate(lr: float | Tensor | Schedule) -> GradientTransformat
             step_lr, next_lr = once(_float64(schedule(state.count), count)), _float64(schedule(count), count)
         return _foreach.mul_(g, -step_lr), ScaleByLearningRateState(count, next_lr)
 
-    return leafwise(init, update_leaves)
+    return leafwise(init, update_leaves, ScaleByLearningRateState)
 
 
 def current_lr(state: PyTree) -> Tensor:
@@ -224,4 +224,4 @@ def trace(momentum: float, dampening: float = 0.0, nesterov: bool = False) -> Gr
         out = _foreach.add(g, buf, alpha=momentum) if nesterov else list(buf)
         return out, TraceState(state.count + 1, tree_unflatten(buf, spec))
 
-    return leafwise(init, update_leaves)
+    return leafwise(init, update_leaves, TraceState)
