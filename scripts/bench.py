@@ -7,15 +7,19 @@ steps; each contender runs once untimed first (warm-up), and only its training l
 
     PYTHONPATH=. python scripts/bench.py [--quick] [--json PATH] [--device cpu|cuda]
         [--dtype float32|float64] [--steps S] [--repeats R] [--no-compile]
+        [--only seed|sweep|ensembles|updates ...]
 
 Threads: torch and numpy's BLAS each start one thread per core, and on a machine shared with other
 work those threads wait on each other, which made single matmuls here 10 to 40 times slower. Set
 OMP_NUM_THREADS (both libraries read it at import) to measure with fewer: OMP_NUM_THREADS=1.
 
-Three parts. The seed workload (N=64, 1000-100-10, no bias, summed squared error; SGD lr 1e-6 and
+Four parts. The seed workload (N=64, 1000-100-10, no bias, summed squared error; SGD lr 1e-6 and
 Adam lr 1e-4), every contender, as a ratio to the torch.optim loop and to the matmul floor. A
 sweep of N and H with Adam: us per step and GFLOP/s. Ensembles of K models with Adam: fit_ensemble
-against K fits one after another, per model-step. The contenders are in bench_cases.py.
+against K fits one after another, per model-step. The optimizer update alone, on four tensors of
+fixed grads summing to 100k, 1.6M and 16M params: functional_nn's pure update + apply_updates
+against torch.optim's foreach and fused steps, with minor page faults per step and the peak RSS
+above the RSS a run starts at. `--only PART` runs some parts. The contenders are in bench_cases.py.
 """
 
 from __future__ import annotations
@@ -54,6 +58,14 @@ CONTENDERS = [
 ]
 BASELINE, FLOOR = "torch.optim", "matmul floor"  # the two the ratios are to
 SWEPT = ("fit", "fit(compile=True)", "torch.optim", "matmul floor")
+# The update-alone table: (name, make(optimizer, size, steps, device, dtype) -> Prepared).
+UPDATE_CONTENDERS = [
+    ("functional_nn", cases.fnn_update),
+    ("torch.optim foreach", cases.torch_update(foreach=True)),
+    ("torch.optim fused", cases.torch_update(fused=True)),
+]
+UPDATE_BASELINES = ("torch.optim foreach", "torch.optim fused")
+PARTS = ("seed", "sweep", "ensembles", "updates")
 
 
 class Settings(NamedTuple):
@@ -63,14 +75,18 @@ class Settings(NamedTuple):
     ks: tuple[int, ...]  # ensemble sizes
     ensemble_steps: int
     max_sequential: int | None  # time at most this many of the K sequential fits, per model
+    update_sizes: tuple[int, ...]  # params in the update-alone table
+    update_steps: int  # steps per run at the first of them; a size f times larger runs 1/f
 
 
-FULL = Settings(100, 5, ((1, 1), (4, 1), (16, 1), (1, 4), (1, 16)), (1, 8, 32, 128), 20, None)
-QUICK = Settings(20, 3, ((4, 1), (1, 4)), (1, 8, 32, 128), 5, 8)
+FULL = Settings(100, 5, ((1, 1), (4, 1), (16, 1), (1, 4), (1, 16)), (1, 8, 32, 128), 20, None,
+                (100_000, 1_600_000, 16_000_000), 160)
+QUICK = Settings(20, 3, ((4, 1), (1, 4)), (1, 8, 32, 128), 5, 8, (1_000, 16_000), 4)
 
 
-def measure(prepared: dict[str, Prepared], repeats: int) -> dict[str, float]:
-    """The median over `repeats` rounds of each run's seconds; every round runs each once."""
+def measure(prepared: dict[str, Prepared], repeats: int) -> dict:
+    """The median over `repeats` rounds of each run's seconds (or of each figure, for runs that
+    return a dict of them); every round runs each once."""
     for p in prepared.values():
         p.run()  # warm-up: allocations, lazy inits and caches stay out of the timings
     names = list(prepared)
@@ -79,7 +95,14 @@ def measure(prepared: dict[str, Prepared], repeats: int) -> dict[str, float]:
         shift = i % len(names)
         for name in names[shift:] + names[:shift]:
             seconds[name].append(prepared[name].run())
-    return {name: statistics.median(s) for name, s in seconds.items()}
+    return {name: _median(s) for name, s in seconds.items()}
+
+
+def _median(samples: list):
+    if not isinstance(samples[0], dict):
+        return statistics.median(samples)
+    figures = {key: [s[key] for s in samples] for key in samples[0]}
+    return {key: None if None in v else statistics.median(v) for key, v in figures.items()}
 
 
 def prepare(contenders, problem: Problem, steps: int) -> tuple[dict[str, Prepared], dict[str, str]]:
@@ -153,6 +176,33 @@ def ensemble_rows(sizes: Sizes, device, dtype, s: Settings, compile: bool = True
     return rows
 
 
+def update_rows(device, dtype, s: Settings, contenders=UPDATE_CONTENDERS) -> list[dict]:
+    """Each optimizer's update alone at each size: us and minor page faults per step, peak RSS
+    above the run's starting RSS (MB), and the ratios to torch.optim's foreach and fused steps."""
+    rows = []
+    for size in s.update_sizes:
+        steps = max(2, s.update_steps * s.update_sizes[0] // size)
+        for opt in cases.UPDATES:
+            prepared, notes = {}, {}
+            for name, make in contenders:
+                try:
+                    prepared[name] = make(opt, size, steps, device, dtype)
+                except Unavailable as why:
+                    notes[name] = str(why)
+            figures = measure(prepared, s.repeats)
+            us = {n: 1e6 * f["seconds"] / steps for n, f in figures.items()}
+            rows.append({
+                "size": size, "optimizer": opt, "steps": steps, "us_per_step": us,
+                "vs": {b: {n: t / us[b] for n, t in us.items()} for b in UPDATE_BASELINES if b in us},
+                "faults_per_step": {n: f["faults"] / steps for n, f in figures.items()},
+                "peak_mb": {n: None if f["peak_bytes"] is None else f["peak_bytes"] / 2**20
+                            for n, f in figures.items()},
+                "notes": notes,
+            })  # fmt: skip
+            del prepared  # the next optimizer's tensors take their place, not theirs beside them
+    return rows
+
+
 # ---- output -----------------------------------------------------------------------------------
 
 
@@ -192,6 +242,25 @@ def print_ensembles(rows: list[dict], header: str) -> None:
         print(f"{r['k']:>5}{us['fit_ensemble']:>14.1f}{r['speedup']:>10.2f}"
               f"{_fmt(us.get('fit_ensemble compiled'), '.1f', 10)}{_fmt(r['speedup_compiled'], '.2f', 10)}"
               f"{us['sequential fits']:>10.1f}{us['matmul floor']:>10.1f}{scaled}")
+
+
+def print_updates(rows: list[dict], header: str) -> None:
+    names = [n for n, _ in UPDATE_CONTENDERS]
+    print(f"\n{header}\n{'params':>10} {'optimizer':<10}{'steps':>6}"
+          + "".join(f"{n:>46}" for n in names))
+    print(" " * 27 + f"{'us/step  x foreach  x fused  faults  peak MB':>46}" * len(names))
+    for r in rows:
+        cells = "".join(
+            _fmt(r["us_per_step"].get(n), ".0f", 11)
+            + _fmt(r["vs"].get(UPDATE_BASELINES[0], {}).get(n), ".2f", 11)
+            + _fmt(r["vs"].get(UPDATE_BASELINES[1], {}).get(n), ".2f", 9)
+            + _fmt(r["faults_per_step"].get(n), ".0f", 8)
+            + _fmt(r["peak_mb"].get(n), ".1f", 7)
+            for n in names
+        )
+        print(f"{r['size']:>10} {r['optimizer']:<10}{r['steps']:>6}{cells}")
+    for note in sorted({note for r in rows for note in r["notes"].items()}):
+        print(f"  n/a {note[0]}: {note[1]}")
 
 
 def machine(device: torch.device) -> dict:
@@ -243,6 +312,8 @@ def parse_args(argv) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, help="steps per timed run at the seed sizes (>= 1)")
     parser.add_argument("--repeats", type=int, help="timed runs per contender (>= 1)")
     parser.add_argument("--no-compile", action="store_true", help="leave out fit(compile=True)")
+    parser.add_argument("--only", nargs="+", choices=PARTS, default=list(PARTS),
+                        help="run only these parts (default: all)")
     args = parser.parse_args(argv)
     for flag in ("steps", "repeats"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
@@ -266,18 +337,27 @@ def main(argv=None, sizes: Sizes = SEED_SIZES, settings: Settings | None = None)
     info = machine(device)
     print_machine(info)
     where = f"{args.dtype} on {args.device}, median of {s.repeats}"
-    out = {"machine": info, "settings": s._asdict(), "dtype": args.dtype, "seed": {}}
+    out = {"machine": info, "settings": s._asdict(), "dtype": args.dtype}
     n, d_in, h, d_out = sizes
-    for opt in cases.LR:
-        out["seed"][opt] = seed_rows(cases.make_problem(sizes, opt, device, dtype), s, contenders)
-        print_seed(out["seed"][opt], f"{opt} lr {cases.LR[opt]:g}: N={n}, {d_in}-{h}-{d_out}, "
-                   f"{s.steps} steps a run, {where}")
-    out["sweep"] = sweep_rows(sizes, device, dtype, s, contenders)
-    print_sweep(out["sweep"], f"sweep, adam: N and H scaled, {where}; GFLOP/s = {d_in}-H-{d_out} "
-                "step's matmul flops (2*N*D_in*H*2 + 2*N*H*D_out*3) / time")
-    out["ensembles"] = ensemble_rows(sizes, device, dtype, s, not args.no_compile)
-    print_ensembles(out["ensembles"], f"ensembles, adam: N={n}, {d_in}-{h}-{d_out}, "
-                    f"{s.ensemble_steps} steps a run, {where}")
+    if "seed" in args.only:
+        out["seed"] = {}
+        for opt in cases.LR:
+            out["seed"][opt] = seed_rows(cases.make_problem(sizes, opt, device, dtype), s, contenders)
+            print_seed(out["seed"][opt], f"{opt} lr {cases.LR[opt]:g}: N={n}, {d_in}-{h}-{d_out}, "
+                       f"{s.steps} steps a run, {where}")
+    if "sweep" in args.only:
+        out["sweep"] = sweep_rows(sizes, device, dtype, s, contenders)
+        print_sweep(out["sweep"], f"sweep, adam: N and H scaled, {where}; GFLOP/s = {d_in}-H-{d_out} "
+                    "step's matmul flops (2*N*D_in*H*2 + 2*N*H*D_out*3) / time")
+    if "ensembles" in args.only:
+        out["ensembles"] = ensemble_rows(sizes, device, dtype, s, not args.no_compile)
+        print_ensembles(out["ensembles"], f"ensembles, adam: N={n}, {d_in}-{h}-{d_out}, "
+                        f"{s.ensemble_steps} steps a run, {where}")
+    if "updates" in args.only:
+        out["updates"] = update_rows(device, dtype, s)
+        print_updates(out["updates"], f"the update alone (update + apply_updates; torch: step()), "
+                      f"lr {cases.UPDATE_LR:g}, four tensors, {where}; faults: minor page faults "
+                      "per step; peak MB: peak RSS above the run's start")
     out["machine"]["load_average_end"] = _load_average()
     print(f"\nload average at the end {out['machine']['load_average_end']}")
     if args.json:

@@ -3,12 +3,15 @@
 A contender is `make(problem, steps) -> Prepared`: it does its setup (untimed) and returns `run`,
 which trains `steps` steps from the problem's initial weights, the same start every call, and
 returns the seconds the steps took, read after the device has finished them. A contender that
-cannot run a problem raises Unavailable with the reason, which the tables print.
+cannot run a problem raises Unavailable with the reason, which the tables print. The update-alone
+contenders (the end of the file) time an optimizer step without a model, and return the seconds
+with the step's minor page faults and peak RSS.
 """
 
 from __future__ import annotations
 
 import inspect
+import resource
 import time
 from typing import Callable, NamedTuple
 
@@ -252,3 +255,106 @@ def ensemble_runners(p: Problem, k: int, steps: int, sequential: int, compile: b
         "sequential fits": Prepared(one_by_one),
         "matmul floor": matmul_floor(p, steps),
     }
+
+
+# ---- the optimizer update alone: one step on fixed grads, no model ------------------------------
+
+# name -> (functional_nn and torch.optim's optimizer, its options); lr 1e-3 for all.
+UPDATES = {
+    "sgd": ("sgd", {}),
+    "momentum": ("sgd", {"momentum": 0.9}),
+    "rmsprop": ("rmsprop", {}),
+    "adam": ("adam", {}),
+    "adamw": ("adamw", {}),
+    "adagrad": ("adagrad", {}),
+    "adamax": ("adamax", {}),
+    "nadam": ("nadam", {}),
+    "radam": ("radam", {}),
+}
+UPDATE_LR = 1e-3
+TORCH_OPTIMIZERS = {"sgd": torch.optim.SGD, "rmsprop": torch.optim.RMSprop, "adam": torch.optim.Adam,
+                    "adamw": torch.optim.AdamW, "adagrad": torch.optim.Adagrad,
+                    "adamax": torch.optim.Adamax, "nadam": torch.optim.NAdam,
+                    "radam": torch.optim.RAdam}  # fmt: skip
+
+
+def update_leaves(size: int, device, dtype, seed: int = 0) -> tuple[list[Tensor], list[Tensor]]:
+    """Params and grads: four standard-normal tensors of 1/2, 1/4, 1/8 and the rest of `size`."""
+    generator = torch.Generator().manual_seed(seed)
+    parts = [size // 2, size // 4, size // 8]
+    parts.append(size - sum(parts))
+    draw = lambda: [torch.randn(k, generator=generator).to(device, dtype) for k in parts]  # noqa: E731
+    return draw(), draw()
+
+
+def _minor_faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def _status_bytes(key: str) -> int | None:
+    """A size from /proc/self/status (VmRSS, VmHWM), in bytes; None where there is no /proc."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    """Reset VmHWM to the current RSS (Linux: "5" to /proc/self/clear_refs); False where it cannot."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def timed_steps(step: Callable[[], None], steps: int, device: torch.device) -> dict[str, float | None]:
+    """Seconds, minor page faults and peak RSS above the starting RSS (bytes) of `steps` steps."""
+    can_peak = _reset_peak_rss()
+    rss = _status_bytes("VmRSS")
+    faults = _minor_faults()
+    start = now(device)
+    for _ in range(steps):
+        step()
+    seconds = now(device) - start
+    faults = _minor_faults() - faults
+    peak = _status_bytes("VmHWM") if can_peak else None
+    return {"seconds": seconds, "faults": faults, "peak_bytes": None if peak is None or rss is None else peak - rss}
+
+
+def fnn_update(name: str, size: int, steps: int, device, dtype) -> Prepared:
+    """functional_nn's pure update and apply_updates, as a hand-written loop runs them; each run
+    goes on from the params and state where the last one stopped."""
+    factory, options = UPDATES[name]
+    opt = getattr(fnn.optim, factory)(UPDATE_LR, **options)
+    params, grads = update_leaves(size, device, dtype)
+    carry = [params, opt.init(params)]
+
+    def step():
+        updates, carry[1] = opt.update(grads, carry[1], carry[0])
+        carry[0] = fnn.apply_updates(carry[0], updates)
+
+    return Prepared(lambda: timed_steps(step, steps, device))
+
+
+def torch_update(**options) -> Callable[[str, int, int, torch.device, torch.dtype], Prepared]:
+    """torch.optim's step() on the same params and grads; options: foreach=True or fused=True."""
+
+    def make(name: str, size: int, steps: int, device, dtype) -> Prepared:
+        factory, kwargs = UPDATES[name]
+        params, grads = update_leaves(size, device, dtype)
+        for p, g in zip(params, grads):
+            p.requires_grad_(True)
+            p.grad = g
+        try:
+            opt = TORCH_OPTIMIZERS[factory](params, UPDATE_LR, **kwargs, **options)
+        except (RuntimeError, TypeError) as error:
+            raise Unavailable(f"torch.optim.{TORCH_OPTIMIZERS[factory].__name__} has no {options}") from error
+        return Prepared(lambda: timed_steps(opt.step, steps, device))
+
+    return make

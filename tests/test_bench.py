@@ -102,6 +102,62 @@ def test_ensembles_report_per_model_step_times_and_the_speedup(quick):
         assert r["speedup"] == pytest.approx(us["sequential fits"] / us["fit_ensemble"], rel=RTOL)
 
 
+def test_update_table_has_every_optimizer_at_every_size_and_consistent_ratios(quick):
+    out, printed = quick
+    rows = out["updates"]
+    assert [(r["size"], r["optimizer"]) for r in rows] == [
+        (size, opt) for size in bench.QUICK.update_sizes for opt in bench_cases.UPDATES
+    ]
+    names = [n for n, _ in bench.UPDATE_CONTENDERS]
+    for r in rows:
+        us = r["us_per_step"]
+        # torch has no fused RMSprop, Adamax, NAdam or RAdam: those say so, the rest all run.
+        assert set(us) | set(r["notes"]) == set(names) and set(r["notes"]) <= {"torch.optim fused"}
+        assert (r["optimizer"] in ("rmsprop", "adamax", "nadam", "radam")) == bool(r["notes"]), r
+        assert r["steps"] == max(2, bench.QUICK.update_steps * bench.QUICK.update_sizes[0] // r["size"])
+        for name, t in us.items():
+            assert _positive(t), (r, name)
+            for base in r["vs"]:
+                assert r["vs"][base][name] == pytest.approx(t / us[base], rel=RTOL)
+            assert r["faults_per_step"][name] >= 0
+            assert r["peak_mb"][name] is None or r["peak_mb"][name] >= 0
+    assert "the update alone" in printed and "has no {'fused': True}" in printed
+
+
+def test_update_leaves_sum_to_the_size_in_four_tensors():
+    params, grads = bench_cases.update_leaves(1_000_003, "cpu", torch.float32)
+    assert [t.numel() for t in params] == [500_001, 250_000, 125_000, 125_002]
+    assert [t.shape for t in grads] == [t.shape for t in params]
+    assert not any(torch.equal(p, g) for p, g in zip(params, grads))
+
+
+def test_timed_steps_counts_the_page_faults_and_peak_rss_of_fresh_memory():
+    """64 MiB written into fresh pages each step: at least that many minor faults (4 KiB pages)
+    and that much peak RSS above the start, where /proc gives them."""
+    size = 64 * 2**20
+
+    def step():
+        torch.ones(size // 4)  # float32: size bytes, freed at once
+
+    figures = bench_cases.timed_steps(step, 2, torch.device("cpu"))
+    assert figures["seconds"] > 0 and figures["faults"] >= size // 4096
+    if figures["peak_bytes"] is not None:
+        assert figures["peak_bytes"] >= 0.9 * size
+
+
+def test_measure_takes_the_median_of_each_figure_of_dict_runs():
+    samples = iter([{"s": 9.0, "f": 0}, {"s": 1.0, "f": 4}, {"s": 3.0, "f": 2}, {"s": 2.0, "f": None}])
+    medians = bench.measure({"a": bench_cases.Prepared(lambda: next(samples))}, repeats=3)
+    assert medians == {"a": {"s": 2.0, "f": None}}  # the warm-up's 9 left out; None wins
+
+
+def test_only_runs_the_parts_asked_for(tmp_path):
+    out, printed = _run(tmp_path, "--no-compile", "--only", "updates",
+                        settings=bench.QUICK._replace(update_sizes=(1_000,)))
+    assert "updates" in out and not {"seed", "sweep", "ensembles"} & set(out)
+    assert {r["size"] for r in out["updates"]} == {1_000}
+
+
 def test_json_names_the_machine(quick):
     machine = quick[0]["machine"]
     assert machine["torch"] == torch.__version__ and machine["device"] == "cpu"

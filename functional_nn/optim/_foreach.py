@@ -1,15 +1,32 @@
 """Element-wise arithmetic over lists of tensors: multi-tensor kernels where they apply.
 
-Each function takes lists of same-shaped tensors and returns a new list; nothing is mutated.
+Each function takes lists of same-shaped tensors and returns the result as a new `Fresh` list.
 `torch._foreach_*` ops run one kernel over a whole list, but have no vmap batching rule, so inside
 a functorch transform (vmap, grad) each function falls back to one op per tensor. Both paths
 compute the same thing with the same ops; tests check that they agree.
 
+The one rule for memory. A `Fresh` list holds tensors that this update has just made and that
+nothing else references yet. The functions named with a trailing underscore (`mul_`, `add_`, ...)
+take such a list as their first argument and CONSUME it: they return the result, written into
+its tensors when that is safe (a `Fresh` list, the multi-tensor path, and no operand that autograd
+records: `reusable`), else computed out of place, and the caller uses only what they return. Any
+other list (grads, params, state: the caller's) is never written. So an update writes only
+memory it has allocated itself, and stays pure; a transform passes its updates on as `Fresh` only
+when it keeps no reference to them (in its state), so the next transform of a chain may consume
+them. Each full-size tensor allocated costs a pass over fresh memory, and above glibc's mmap
+threshold (128 KiB, rising to at most 32 MiB) page faults on first write: reusing them in place is
+what keeps a step near torch.optim's in-place speed.
+
 A scalar operand `s` may be a number or a 0-d tensor (a step size, a bias correction, a learning
-rate batched by vmap); 0-d tensors do not promote the lists' dtype.
+rate batched by vmap); 0-d tensors do not promote the lists' dtype. The factors a step derives
+from its count are Python floats where reading the count waits on nothing (`value`): then they
+cost no tensor ops and reach the kernels as plain numbers, as torch.optim's do.
 """
 
 from __future__ import annotations
+
+import math
+import operator
 
 import torch
 from torch import Tensor
@@ -18,6 +35,17 @@ _is_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
 _is_batched = torch._C._functorch.is_batchedtensor
 
 Scalar = float | Tensor
+_requires_grad = operator.attrgetter("requires_grad")  # map(...) over a list: no generator frame
+
+
+class Fresh(list):
+    """A list of tensors this update has just made and nobody else holds (see the module doc)."""
+
+
+def _fresh(tensors) -> list[Tensor]:
+    """`tensors` as a Fresh list; a plain one under torch.compile, which traces no list subclass
+    into an op and needs no reuse: inductor plans the buffers of the whole step itself."""
+    return list(tensors) if torch.compiler.is_compiling() else Fresh(tensors)
 
 
 def multi_tensor(tensors: list[Tensor]) -> bool:
@@ -31,7 +59,55 @@ def multi_tensor(tensors: list[Tensor]) -> bool:
     return not _is_wrapped(tensors[0])
 
 
-def once(t: Tensor) -> Tensor:
+def _multi_scalar(a: list[Tensor], s) -> bool:
+    """multi_tensor, for an op with a scalar operand `s`: a 0-d tensor that autograd records (a
+    learning rate requiring grad) takes the per-tensor path, as the multi-tensor kernels'
+    backward fails on it ("inconsistent range for TensorList output", torch 2.13)."""
+    recorded = isinstance(s, Tensor) and s.requires_grad and torch.is_grad_enabled()
+    return multi_tensor(a) and not recorded
+
+
+def reusable(a: list[Tensor], *operands) -> bool:
+    """Whether an in-place op may write `a`: a Fresh list on the multi-tensor path, where
+    autograd records nothing (an in-place write could clobber a tensor saved for backward, e.g.
+    sqrt's result). `operands`: the op's other lists, tensors and numbers."""
+    if not isinstance(a, Fresh) or not multi_tensor(a):
+        return False
+    if not torch.is_grad_enabled():
+        return True
+    for x in (a, *operands):
+        if isinstance(x, Tensor) and x.requires_grad or isinstance(x, list) and any(map(_requires_grad, x)):
+            return False
+    return True
+
+
+def value(t: Tensor) -> float | Tensor:
+    """A 0-d state tensor (a step count, NAdam's momentum product) as the number a step derives
+    its factors from: a Python float for a plain CPU tensor in eager code (reading it waits on no
+    device); else `t` as a float64 tensor, so that nothing syncs with a GPU and vmap, grad,
+    autograd and torch.compile trace through it. Both give the same float64 arithmetic."""
+    if torch.compiler.is_compiling():  # first: dynamo cannot trace _is_wrapped
+        return t.to(torch.float64)
+    if t.device.type == "cpu" and not t.requires_grad and not _is_wrapped(t):
+        return float(t)
+    return t.to(torch.float64)
+
+
+def scalar_sqrt(x: float | Tensor) -> float | Tensor:
+    """sqrt of a number from `value` (a float or a 0-d tensor); NaN below 0 for both."""
+    if isinstance(x, Tensor):
+        return torch.sqrt(x)
+    return math.sqrt(x) if x >= 0.0 else math.nan
+
+
+def select(condition: bool | Tensor, a: float | Tensor, b: float | Tensor) -> float | Tensor:
+    """a if `condition` else b, for a bool or a 0-d bool tensor (no host sync decides it)."""
+    if isinstance(condition, Tensor):
+        return torch.where(condition, a, b)
+    return a if condition else b
+
+
+def once(t: float | Tensor) -> float | Tensor:
     """`t`, a 0-d tensor that many elements use (a bias correction, a scheduled learning rate),
     computed once per step under torch.compile.
 
@@ -40,77 +116,143 @@ def once(t: Tensor) -> Tensor:
     A two-element sum is a reduction, which inductor computes once, into a buffer of its own; and
     (t + t) / 2 is t exactly. Eager code, which computes t once anyway, gets t itself.
     """
-    return t.expand(2).sum() * 0.5 if torch.compiler.is_compiling() else t
+    return t.expand(2).sum() * 0.5 if torch.compiler.is_compiling() and isinstance(t, Tensor) else t
 
 
 def _pairs(a: list[Tensor], b: list[Tensor] | Scalar) -> list:
     return b if isinstance(b, list) else [b] * len(a)
 
 
-def add(a: list[Tensor], b: list[Tensor], alpha: float = 1.0) -> list[Tensor]:
+def add(a: list[Tensor], b: list[Tensor], alpha: float = 1.0) -> Fresh:
     """a + alpha * b."""
     if multi_tensor(a):
-        return torch._foreach_add(a, b, alpha=alpha)
-    return [torch.add(x, y, alpha=alpha) for x, y in zip(a, b)]
+        return _fresh(torch._foreach_add(a, b, alpha=alpha))
+    return _fresh(torch.add(x, y, alpha=alpha) for x, y in zip(a, b))
 
 
-def add_scalar(a: list[Tensor], s: Scalar) -> list[Tensor]:
+def add_(a: list[Tensor], b: list[Tensor], alpha: float = 1.0) -> Fresh:
+    """add, consuming `a`."""
+    if reusable(a, b):
+        torch._foreach_add_(a, b, alpha=alpha)
+        return a
+    return add(a, b, alpha)
+
+
+def add_scalar(a: list[Tensor], s: Scalar) -> Fresh:
     """a + s."""
-    if multi_tensor(a):
-        return torch._foreach_add(a, s)
-    return [torch.add(x, s) for x in a]
+    if _multi_scalar(a, s):
+        return _fresh(torch._foreach_add(a, s))
+    return _fresh(torch.add(x, s) for x in a)
 
 
-def mul(a: list[Tensor], b: list[Tensor] | Scalar) -> list[Tensor]:
+def add_scalar_(a: list[Tensor], s: Scalar) -> Fresh:
+    """add_scalar, consuming `a`."""
+    if reusable(a, s):
+        torch._foreach_add_(a, s)
+        return a
+    return add_scalar(a, s)
+
+
+def mul(a: list[Tensor], b: list[Tensor] | Scalar) -> Fresh:
     """a * b, for a list b or a scalar."""
-    if multi_tensor(a):
-        return torch._foreach_mul(a, b)
-    return [torch.mul(x, y) for x, y in zip(a, _pairs(a, b))]
+    if _multi_scalar(a, b):
+        return _fresh(torch._foreach_mul(a, b))
+    return _fresh(torch.mul(x, y) for x, y in zip(a, _pairs(a, b)))
 
 
-def div(a: list[Tensor], b: list[Tensor] | Scalar) -> list[Tensor]:
+def mul_(a: list[Tensor], b: list[Tensor] | Scalar) -> Fresh:
+    """mul, consuming `a`."""
+    if reusable(a, b):
+        torch._foreach_mul_(a, b)
+        return a
+    return mul(a, b)
+
+
+def div(a: list[Tensor], b: list[Tensor] | Scalar) -> Fresh:
     """a / b, for a list b or a scalar."""
+    if _multi_scalar(a, b):
+        return _fresh(torch._foreach_div(a, b))
+    return _fresh(torch.div(x, y) for x, y in zip(a, _pairs(a, b)))
+
+
+def div_(a: list[Tensor], b: list[Tensor] | Scalar) -> Fresh:
+    """div, consuming `a`."""
+    if reusable(a, b):
+        torch._foreach_div_(a, b)
+        return a
+    return div(a, b)
+
+
+def reciprocal_(a: list[Tensor]) -> Fresh:
+    """1 / a, consuming `a`: with a `mul_` after it, b / a in a's memory (no fresh tensor)."""
+    if reusable(a):
+        torch._foreach_reciprocal_(a)
+        return a
     if multi_tensor(a):
-        return torch._foreach_div(a, b)
-    return [torch.div(x, y) for x, y in zip(a, _pairs(a, b))]
+        return _fresh(torch._foreach_reciprocal(a))
+    return _fresh(torch.reciprocal(x) for x in a)
 
 
-def lerp(a: list[Tensor], b: list[Tensor], weight: float) -> list[Tensor]:
+def lerp(a: list[Tensor], b: list[Tensor], weight: float) -> Fresh:
     """a + weight * (b - a), with torch.lerp's rounding."""
     if multi_tensor(a):
-        return torch._foreach_lerp(a, b, weight)
-    return [torch.lerp(x, y, weight) for x, y in zip(a, b)]
+        return _fresh(torch._foreach_lerp(a, b, weight))
+    return _fresh(torch.lerp(x, y, weight) for x, y in zip(a, b))
 
 
-def addcmul(a: list[Tensor], b: list[Tensor], c: list[Tensor], value: float = 1.0) -> list[Tensor]:
+def addcmul(a: list[Tensor], b: list[Tensor], c: list[Tensor], value: float = 1.0) -> Fresh:
     """a + value * b * c."""
     if multi_tensor(a):
-        return torch._foreach_addcmul(a, b, c, value=value)
-    return [torch.addcmul(x, y, z, value=value) for x, y, z in zip(a, b, c)]
+        return _fresh(torch._foreach_addcmul(a, b, c, value=value))
+    return _fresh(torch.addcmul(x, y, z, value=value) for x, y, z in zip(a, b, c))
 
 
-def sqrt(a: list[Tensor]) -> list[Tensor]:
+def addcmul_(a: list[Tensor], b: list[Tensor], c: list[Tensor], value: float = 1.0) -> Fresh:
+    """addcmul, consuming `a`."""
+    if reusable(a, b, c):
+        torch._foreach_addcmul_(a, b, c, value=value)
+        return a
+    return addcmul(a, b, c, value)
+
+
+def sqrt(a: list[Tensor]) -> Fresh:
     """Element-wise square root."""
     if multi_tensor(a):
-        return torch._foreach_sqrt(a)
-    return [torch.sqrt(x) for x in a]
+        return _fresh(torch._foreach_sqrt(a))
+    return _fresh(torch.sqrt(x) for x in a)
 
 
-def abs(a: list[Tensor]) -> list[Tensor]:  # noqa: A001 - mirrors torch._foreach_abs
+def sqrt_(a: list[Tensor]) -> Fresh:
+    """sqrt, consuming `a`."""
+    if reusable(a):
+        torch._foreach_sqrt_(a)
+        return a
+    return sqrt(a)
+
+
+def abs(a: list[Tensor]) -> Fresh:  # noqa: A001 - mirrors torch._foreach_abs
     """Element-wise |a|."""
     if multi_tensor(a):
-        return torch._foreach_abs(a)
-    return [torch.abs(x) for x in a]
+        return _fresh(torch._foreach_abs(a))
+    return _fresh(torch.abs(x) for x in a)
 
 
-def maximum(a: list[Tensor], b: list[Tensor]) -> list[Tensor]:
+def maximum(a: list[Tensor], b: list[Tensor]) -> Fresh:
     """Element-wise max(a, b)."""
     if multi_tensor(a):
-        return torch._foreach_maximum(a, b)
-    return [torch.maximum(x, y) for x, y in zip(a, b)]
+        return _fresh(torch._foreach_maximum(a, b))
+    return _fresh(torch.maximum(x, y) for x, y in zip(a, b))
 
 
-def clamp(a: list[Tensor], low: float, high: float) -> list[Tensor]:
+def maximum_(a: list[Tensor], b: list[Tensor]) -> Fresh:
+    """maximum, consuming `a`."""
+    if reusable(a, b):
+        torch._foreach_maximum_(a, b)
+        return a
+    return maximum(a, b)
+
+
+def clamp(a: list[Tensor], low: float, high: float) -> Fresh:
     """Element-wise min(max(a, low), high); NaN stays NaN.
 
     Differentiated, the gradient is 1 on the closed interval [low, high], its boundary included,
@@ -118,8 +260,10 @@ def clamp(a: list[Tensor], low: float, high: float) -> list[Tensor]:
     boundary to the kernel (torch 2.13 passes the gradient there, 2.14 drops it).
     """
     if multi_tensor(a) and not a[0].requires_grad:
-        return torch._foreach_clamp_max(torch._foreach_clamp_min(a, low), high)
-    return [torch.where(x > high, high, torch.where(x < low, low, x)) for x in a]
+        low_clamped = torch._foreach_clamp_min(a, low)
+        torch._foreach_clamp_max_(low_clamped, high)  # its own fresh result: nobody else holds it
+        return _fresh(low_clamped)
+    return _fresh(torch.where(x > high, high, torch.where(x < low, low, x)) for x in a)
 
 
 def norm(a: list[Tensor]) -> list[Tensor]:
@@ -128,7 +272,3 @@ def norm(a: list[Tensor]) -> list[Tensor]:
         return list(torch._foreach_norm(a))
     return [torch.linalg.vector_norm(x) for x in a]
 
-
-def where(condition: Tensor, a: list[Tensor], b: list[Tensor]) -> list[Tensor]:
-    """a where `condition` (a 0-d bool tensor) holds, else b; no multi-tensor kernel exists."""
-    return [torch.where(condition, x, y) for x, y in zip(a, b)]

@@ -1,10 +1,12 @@
 """Per-coordinate step sizes: the transforms behind RMSprop, Adagrad and the Adam family.
 
 Each returns a direction without the learning rate (`scale_by_learning_rate` comes after it in the
-aliases), computed in the op order of torch.optim's single-tensor (foreach=False) code. Scalars that
-torch keeps as Python floats (bias corrections, NAdam's momentum schedule, RAdam's rectification)
-are float64 0-d tensors here, derived from the step count without a host sync. Every transform
-returns updates with the grads' tree and shapes; its state holds trees shaped like the params.
+aliases), with torch.optim's arithmetic: its op order, or its multi-tensor code's folding of the
+scalars into one denominator, within rounding. Scalars that torch keeps as Python floats (bias
+corrections, NAdam's momentum schedule, RAdam's rectification) are derived from the step count
+in float64: Python floats in eager CPU code, 0-d tensors elsewhere (no host sync on a GPU; traced
+by vmap, grad and compile): see `_foreach.value`. Every transform returns updates with the grads'
+tree and shapes; its state holds trees shaped like the params.
 Hyper-parameters are checked when a transform is built (finite numbers in range, bool flags), and
 each update checks its state (see `base`).
 """
@@ -19,13 +21,13 @@ from torch import Tensor
 from .._pytree import PyTree, register_namedtuple, tree_leaves, tree_map, tree_unflatten, zeros_like
 from . import _foreach
 from ._checks import flags, non_negative, number
-from ._foreach import once
+from ._foreach import once, scalar_sqrt, select
 from .base import GradientTransformation, checked_leaves, leafwise
 from .transforms import zero_count
 
 
-def _steps(count: Tensor) -> Tensor:
-    return count.to(torch.float64)
+def _steps(count: Tensor) -> float | Tensor:
+    return _foreach.value(count)
 
 
 def _check_betas(**betas: float) -> None:
@@ -42,8 +44,16 @@ def _scalar_dtype() -> torch.dtype:
 def _moments(g: list[Tensor], state, spec, b1: float, b2: float) -> tuple[list[Tensor], list[Tensor]]:
     """Adam's moments, as torch updates them: m = lerp(m, g, 1 - b1), v = b2 v + (1 - b2) g^2."""
     mu = _foreach.lerp(checked_leaves(state.mu, g, spec), g, 1.0 - b1)
-    nu = _foreach.addcmul(_foreach.mul(tree_leaves(state.nu), b2), g, g, 1.0 - b2)
+    nu = _foreach.addcmul_(_foreach.mul(tree_leaves(state.nu), b2), g, g, 1.0 - b2)
     return mu, nu
+
+
+def _over(numerator: list[Tensor], denom: _foreach.Fresh) -> _foreach.Fresh:
+    """numerator / denom, written into `denom` (consumed), as numerator * (1 / denom): the result
+    needs no fresh tensor, which above glibc's mmap threshold would be page faulted in (the
+    reciprocal rounds once more than a division: within the tests' tolerances, as torch's own
+    multi-tensor RAdam does it)."""
+    return _foreach.mul_(_foreach.reciprocal_(denom), numerator)
 
 
 @register_namedtuple
@@ -64,7 +74,9 @@ def scale_by_adam(
 
     m_t = lerp(m_{t-1}, g_t, 1 - b1);  v_t = b2 v_{t-1} + (1 - b2) g_t^2;
     vmax_t = max(vmax_{t-1}, v_t) if amsgrad (the raw moment, before bias correction);
-    updates = m_t / (sqrt(v_t) / sqrt(1 - b2^t) + eps) / (1 - b1^t).
+    updates = m_t / (sqrt(v_t) / sqrt(1 - b2^t) + eps) / (1 - b1^t), computed with the bias
+    corrections folded into the denominator, as torch's multi-tensor Adam folds them:
+    m_t / (sqrt(v_t) ((1 - b1^t) / sqrt(1 - b2^t)) + eps (1 - b1^t)).
 
     Args:
         b1, b2, eps, amsgrad: torch.optim.Adam's betas, eps and amsgrad.
@@ -84,9 +96,10 @@ def scale_by_adam(
         mu, nu = _moments(g, state, spec, b1, b2)
         nu_max = _foreach.maximum(checked_leaves(state.nu_max, g, spec), nu) if amsgrad else nu
         t = _steps(count)
-        bias_correction2_sqrt = once(torch.sqrt(1.0 - torch.pow(b2, t)))
-        denom = _foreach.add_scalar(_foreach.div(_foreach.sqrt(nu_max), bias_correction2_sqrt), eps)
-        out = _foreach.div(_foreach.div(mu, denom), once(1.0 - torch.pow(b1, t)))
+        bias_correction1 = 1.0 - b1**t
+        bias_correction2_sqrt = scalar_sqrt(1.0 - b2**t)
+        denom = _foreach.mul_(_foreach.sqrt(nu_max), once(bias_correction1 / bias_correction2_sqrt))
+        out = _over(mu, _foreach.add_scalar_(denom, once(eps * bias_correction1)))
         tree = lambda leaves: tree_unflatten(leaves, spec)  # noqa: E731
         return out, ScaleByAdamState(count, tree(mu), tree(nu), tree(nu_max) if amsgrad else ())
 
@@ -123,8 +136,8 @@ def scale_by_adamax(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> Gr
         count = state.count + 1
         mu = _foreach.lerp(checked_leaves(state.mu, g, spec), g, 1.0 - b1)
         decayed = _foreach.mul(tree_leaves(state.nu), b2)
-        nu = _foreach.maximum(decayed, _foreach.add_scalar(_foreach.abs(g), eps))
-        out = _foreach.div(_foreach.div(mu, nu), once(1.0 - torch.pow(b1, _steps(count))))
+        nu = _foreach.maximum_(decayed, _foreach.add_scalar_(_foreach.abs(g), eps))
+        out = _foreach.div_(_foreach.div(mu, nu), once(1.0 - b1 ** _steps(count)))
         return out, ScaleByAdamaxState(count, tree_unflatten(mu, spec), tree_unflatten(nu, spec))
 
     return leafwise(init, update_leaves, ScaleByAdamaxState)
@@ -168,15 +181,17 @@ def scale_by_nadam(
     def update_leaves(g, state, params, spec):
         count = state.count + 1
         t = _steps(count)
-        mu_t = b1 * (1.0 - 0.5 * torch.pow(0.96, t * momentum_decay))
-        mu_next = b1 * (1.0 - 0.5 * torch.pow(0.96, (t + 1.0) * momentum_decay))
-        mu_product = state.mu_product * mu_t.to(state.mu_product.dtype)
-        product = mu_product.to(torch.float64)
+        mu_t = b1 * (1.0 - 0.5 * 0.96 ** (t * momentum_decay))
+        mu_next = b1 * (1.0 - 0.5 * 0.96 ** ((t + 1.0) * momentum_decay))
+        # Rounded to the product's dtype first, as torch.optim does (a float multiplies so anyway).
+        factor = mu_t.to(state.mu_product.dtype) if isinstance(mu_t, Tensor) else mu_t
+        mu_product = state.mu_product * factor
+        product = _foreach.value(mu_product)
         mu, nu = _moments(g, state, spec, b1, b2)
-        denom = _foreach.add_scalar(_foreach.sqrt(_foreach.div(nu, once(1.0 - torch.pow(b2, t)))), eps)
+        denom = _foreach.add_scalar_(_foreach.sqrt_(_foreach.div(nu, once(1.0 - b2**t))), eps)
         grad_part = _foreach.mul(g, once((1.0 - mu_t) / (1.0 - product)))
         momentum_part = _foreach.mul(mu, once(mu_next / (1.0 - product * mu_next)))
-        out = _foreach.div(_foreach.add(grad_part, momentum_part), denom)
+        out = _over(_foreach.add_(grad_part, momentum_part), denom)
         mu, nu = tree_unflatten(mu, spec), tree_unflatten(nu, spec)
         return out, ScaleByNadamState(count, mu_product, mu, nu)
 
@@ -199,6 +214,9 @@ def scale_by_radam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> Gra
     r_t = sqrt((rho_t - 4)(rho_t - 2) rho_inf / ((rho_inf - 4)(rho_inf - 2) rho_t));
     updates = m_t / (1 - b1^t) * sqrt(1 - b2^t) / (sqrt(v_t) + eps) * r_t  if rho_t > 5,
     else m_t / (1 - b1^t) (the variance estimate is not yet trusted: plain momentum).
+    Both branches are one expression, as torch's multi-tensor RAdam writes them:
+    updates = m_t (s_t / (sqrt(v_t) + eps) + u_t), with s_t = sqrt(1 - b2^t) r_t / (1 - b1^t)
+    and u_t = 0 if rho_t > 5, else s_t = 0 and u_t = 1 / (1 - b1^t).
 
     Args:
         b1, b2, eps: torch.optim.RAdam's betas and eps.
@@ -216,14 +234,16 @@ def scale_by_radam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> Gra
         count = state.count + 1
         t = _steps(count)
         mu, nu = _moments(g, state, spec, b1, b2)
-        bias_correction2 = 1.0 - torch.pow(b2, t)
-        mu_hat = _foreach.div(mu, once(1.0 - torch.pow(b1, t)))
-        rho_t = once(rho_inf - 2 * t * torch.pow(b2, t) / bias_correction2)
-        rect = torch.sqrt((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t))
-        # Both branches as tensors, picked by a tensor condition: no host sync decides the step.
-        scaled = _foreach.mul(mu_hat, once(torch.sqrt(bias_correction2) * rect))
-        adaptive = _foreach.div(scaled, _foreach.add_scalar(_foreach.sqrt(nu), eps))
-        out = _foreach.where(rho_t > 5.0, adaptive, mu_hat)
+        bias_correction1, bias_correction2 = 1.0 - b1**t, 1.0 - b2**t
+        rho_t = rho_inf - 2 * t * b2**t / bias_correction2
+        rect = scalar_sqrt((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t))
+        # Both branches in one expression, picked by `select`: no host sync decides the step.
+        rectified = rho_t > 5.0
+        s_t = select(rectified, scalar_sqrt(bias_correction2) * rect / bias_correction1, 0.0)
+        u_t = select(rectified, 0.0, 1.0 / bias_correction1)
+        # s_t times the reciprocal, not a division by s_t: s_t = 0 then gives 0, and a gradient.
+        inverse = _foreach.reciprocal_(_foreach.add_scalar_(_foreach.sqrt(nu), eps))
+        out = _foreach.mul_(_foreach.add_scalar_(_foreach.mul_(inverse, once(s_t)), once(u_t)), mu)
         return out, ScaleByRadamState(count, tree_unflatten(mu, spec), tree_unflatten(nu, spec))
 
     return leafwise(init, update_leaves, ScaleByRadamState)
@@ -258,13 +278,13 @@ def scale_by_rms(alpha: float = 0.99, eps: float = 1e-8, centered: bool = False)
 
     def update_leaves(g, state, params, spec):
         decayed = _foreach.mul(checked_leaves(state.nu, g, spec), alpha)
-        nu = _foreach.addcmul(decayed, g, g, 1.0 - alpha)
+        nu = _foreach.addcmul_(decayed, g, g, 1.0 - alpha)
         if centered:
             mu = _foreach.lerp(checked_leaves(state.mu, g, spec), g, 1.0 - alpha)
-            avg = _foreach.sqrt(_foreach.addcmul(nu, mu, mu, -1.0))
+            avg = _foreach.sqrt_(_foreach.addcmul(nu, mu, mu, -1.0))
         else:
             avg = _foreach.sqrt(nu)
-        out = _foreach.div(g, _foreach.add_scalar(avg, eps))
+        out = _over(g, _foreach.add_scalar_(avg, eps))
         return out, ScaleByRmsState(tree_unflatten(nu, spec), tree_unflatten(mu, spec) if centered else ())
 
     return leafwise(init, update_leaves, ScaleByRmsState)
@@ -294,7 +314,7 @@ def scale_by_rss(initial_accumulator_value: float = 0.0, eps: float = 1e-10) -> 
 
     def update_leaves(g, state, params, spec):
         total = _foreach.addcmul(checked_leaves(state.sum_of_squares, g, spec), g, g, 1.0)
-        out = _foreach.div(g, _foreach.add_scalar(_foreach.sqrt(total), eps))
+        out = _over(g, _foreach.add_scalar_(_foreach.sqrt(total), eps))
         return out, ScaleByRssState(tree_unflatten(total, spec))
 
     return leafwise(init, update_leaves, ScaleByRssState)

@@ -48,7 +48,7 @@ def scale(factor: float) -> GradientTransformation:
     Returns:
         A stateless GradientTransformation; updates have the grads' tree and shapes.
     """
-    return _stateless(lambda g, state, p, spec: (_foreach.mul(g, factor), state))
+    return _stateless(lambda g, state, p, spec: (_foreach.mul_(g, factor), state))
 
 
 def add_decayed_weights(weight_decay: float) -> GradientTransformation:
@@ -63,7 +63,7 @@ def add_decayed_weights(weight_decay: float) -> GradientTransformation:
 
     def update_leaves(g, state, params, spec):
         p = param_leaves(params, g, spec, "add_decayed_weights")
-        return _foreach.add(g, p, alpha=weight_decay), state
+        return _foreach.add_(g, p, alpha=weight_decay), state
 
     return _stateless(update_leaves)
 
@@ -87,7 +87,7 @@ def clip_by_global_norm(max_norm: float) -> GradientTransformation:
         ratio = max_norm / (total + 1e-6)
         # min(ratio, 1) with a gradient through ratio at ratio = 1, by construction (torch's clamp
         # leaves the tie to the kernel); a NaN norm stays NaN, as in clip_grad_norm_.
-        return _foreach.mul(g, torch.where(ratio > 1.0, 1.0, ratio)), state
+        return _foreach.mul_(g, torch.where(ratio > 1.0, 1.0, ratio)), state
 
     return _stateless(update_leaves)
 
@@ -137,7 +137,7 @@ def scale_by_learning_rate(lr: float | Tensor | Schedule) -> GradientTransformat
             step_lr, next_lr = lr, torch.full_like(state.lr, lr)
         else:
             step_lr, next_lr = once(_float64(schedule(state.count), count)), _float64(schedule(count), count)
-        return _foreach.mul(g, -step_lr), ScaleByLearningRateState(count, next_lr)
+        return _foreach.mul_(g, -step_lr), ScaleByLearningRateState(count, next_lr)
 
     return leafwise(init, update_leaves, ScaleByLearningRateState)
 
@@ -209,15 +209,19 @@ def trace(momentum: float, dampening: float = 0.0, nesterov: bool = False) -> Gr
         return TraceState(zero_count(params), zeros_like(params))
 
     def update_leaves(g, state, p, spec):
-        buf = _foreach.mul(checked_leaves(state.momentum_buffer, g, spec), momentum)
+        buf = checked_leaves(state.momentum_buffer, g, spec)
         if dampening == 0.0:
-            buf = _foreach.add(buf, g)  # b_0 = 0, so the first step gives b_1 = g exactly
+            # One pass (torch: mul_ then add_, rounding momentum * b once more). b_0 = 0, so the
+            # first step gives b_1 = g exactly.
+            buf = _foreach.add(g, buf, alpha=momentum)
         else:
+            buf = _foreach.mul(buf, momentum)
             # 1 on the first step, 1 - dampening after: a tensor, so no host sync decides it.
             # In float64, as torch rounds the Python float 1 - dampening (the op casts it).
             keep = 1.0 - dampening * (state.count > 0).to(torch.float64)
-            buf = _foreach.add(buf, _foreach.mul(g, keep))
-        out = _foreach.add(g, buf, alpha=momentum) if nesterov else buf
+            buf = _foreach.add_(buf, _foreach.mul(g, keep))
+        # The buffer is kept in the state, so it goes on as a plain list: nobody may write it.
+        out = _foreach.add(g, buf, alpha=momentum) if nesterov else list(buf)
         return out, TraceState(state.count + 1, tree_unflatten(buf, spec))
 
     return leafwise(init, update_leaves, TraceState)
