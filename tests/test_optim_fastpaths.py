@@ -33,19 +33,17 @@ class ForeachCalls(TorchDispatchMode):
 
 # The allocating multi-tensor ops of one update + apply_updates, each a fresh full-size list:
 # what must be new (the state's moments, the params) and the temporaries named beside each. The
-# lr scale (and AdamW's decay) after the direction also allocates: chain passes each transform's
-# updates through base._keep_dtypes, which rebuilds the list, so the next one cannot know that
-# they are fresh. (Returning the list itself when no dtype changes would save one per step.)
+# transforms after the direction (AdamW's decay, the lr scale) write into the direction in place.
 ALLOCATIONS = {
     "sgd": (lambda: optim.sgd(0.1), 2),  # the updates (-lr g), the params
     "momentum": (lambda: optim.sgd(0.1, momentum=0.9), 3),  # + the buffer (kept, so not reused)
-    "rmsprop": (lambda: optim.rmsprop(0.1), 4),  # v, sqrt(v) (becomes the direction), lr, params
-    "adam": (lambda: optim.adam(0.1), 5),  # m, v, the denominator (the direction), lr, params
-    "adamw": (lambda: optim.adamw(0.1), 6),  # as adam, + the decay
-    "adagrad": (lambda: optim.adagrad(0.1), 4),  # s, sqrt(s) (the direction), lr, params
-    "adamax": (lambda: optim.adamax(0.1), 6),  # m, u, |g| + eps, m / u, lr, params
-    "nadam": (lambda: optim.nadam(0.1), 7),  # m, v, v / bc2 (the denominator), two parts, lr, params
-    "radam": (lambda: optim.radam(0.1), 5),  # m, v, sqrt(v) (the direction), lr, params
+    "rmsprop": (lambda: optim.rmsprop(0.1), 3),  # v, sqrt(v) (becomes the direction), params
+    "adam": (lambda: optim.adam(0.1), 4),  # m, v, the denominator (the direction), params
+    "adamw": (lambda: optim.adamw(0.1), 4),  # as adam: the decay goes into the direction
+    "adagrad": (lambda: optim.adagrad(0.1), 3),  # s, sqrt(s) (the direction), params
+    "adamax": (lambda: optim.adamax(0.1), 5),  # m, u, |g| + eps, m / u, params
+    "nadam": (lambda: optim.nadam(0.1), 6),  # m, v, v / bc2 (the denominator), two parts, params
+    "radam": (lambda: optim.radam(0.1), 4),  # m, v, sqrt(v) (the direction), params
 }
 
 

@@ -88,7 +88,9 @@ def leafwise(
 def _keep_dtypes(out: list[Tensor], like: list[Tensor]) -> list[Tensor]:
     """`out` in the dtypes of `like`. A 0-d leaf times a 0-d float64 factor (a bias correction,
     a scheduled lr) promotes to float64, as two 0-d tensors promote by dtype; larger leaves never
-    do, so this is the identity for them."""
+    do, so this returns `out` itself for them (a Fresh list stays one: see _foreach)."""
+    if all(u.dtype == x.dtype for u, x in zip(out, like)):
+        return out
     return [u if u.dtype == x.dtype else u.to(x.dtype) for u, x in zip(out, like)]
 
 
