@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import attrs
 import torch
 from torch import Tensor
 
+from . import losses
 from ._pytree import (
     PyTree,
     assert_same_structure,
@@ -24,7 +26,6 @@ from ._pytree import (
     tree_stack,
     tree_structure,
 )
-from . import losses
 from .networks import Network
 from .optim.base import GradientTransformation
 
@@ -144,7 +145,12 @@ def leaf_paths(tree: PyTree, name: str) -> list[str]:
 
 
 def check_length(
-    n: int, steps: Any, epochs: Any, batch_size: Any, start_step: Any, log_every: Any,
+    n: int,
+    steps: Any,
+    epochs: Any,
+    batch_size: Any,
+    start_step: Any,
+    log_every: Any,
     eval_every: Any,
 ) -> None:
     """The counts that say how long to train and how often to report."""
@@ -215,7 +221,9 @@ def check_seeds(seed: Any, k: int) -> None:
     if not isinstance(seed, (list, tuple)):
         return check_seed("seed", seed)
     if len(seed) != k:
-        raise ValueError(f"seed must be an int or a list of {k} ints (one per model), got {seed!r}.")
+        raise ValueError(
+            f"seed must be an int or a list of {k} ints (one per model), got {seed!r}."
+        )
     for i, s in enumerate(seed):
         check_seed(f"seed[{i}]", s)
 
@@ -238,7 +246,12 @@ def check_opt_state(opt_state: PyTree, expected: PyTree, device: torch.device) -
 
 
 def check_outputs(
-    model: Any, loss: Any, params: PyTree, x: Tensor, y: Tensor, names: tuple[str, str] = ("x", "y"),
+    model: Any,
+    loss: Any,
+    params: PyTree,
+    x: Tensor,
+    y: Tensor,
+    names: tuple[str, str] = ("x", "y"),
     rows: int | None = None,
 ) -> None:
     """model(params, xb) is a tensor and loss(pred, yb) a 0-d floating tensor, found by one run of
@@ -255,9 +268,11 @@ def check_outputs(
     if rows is not None and rows < x.shape[0]:  # a minibatch: what the model is given, e.g. x[:4]
         xb, yb, x_name, y_name = x[:rows], y[:rows], f"{x_name}[:{rows}]", f"{y_name}[:{rows}]"
     apply = model.apply if isinstance(model, Network) else model
-    meta = lambda t: t.to("meta") if isinstance(t, Tensor) else t  # noqa: E731
+    meta = lambda t: t.to("meta") if isinstance(t, Tensor) else t
     shapes = f"{x_name} of shape {tuple(xb.shape)} and params {describe(params)}"
-    pred = _on_meta(f"model(params, {x_name})", shapes, lambda: apply(tree_map(meta, params), meta(xb)))
+    pred = _on_meta(
+        f"model(params, {x_name})", shapes, lambda: apply(tree_map(meta, params), meta(xb))
+    )
     if pred is None:
         return
     check_pred(pred, f"model(params, {x_name})")
@@ -306,7 +321,7 @@ def _on_meta(call: str, shapes: str, run: Callable[[], Any]) -> Any:
     failure as a ValueError (TypeError stays TypeError) naming the call, the shapes and the cause."""
     try:
         return run()
-    except Exception as e:  # noqa: BLE001 - any failure of user code is reported, or skipped
+    except Exception as e:
         if _meta_only(e):
             return None
         raise (TypeError if isinstance(e, TypeError) else ValueError)(
@@ -319,7 +334,10 @@ def _meta_only(error: Exception) -> bool:
     """Whether an error on meta tensors says only that they hold no data or live on no device
     (no meta kernel, .item(), .tolist(), .numpy(), a tensor made on cpu): then the run says
     nothing about the real one."""
-    return isinstance(error, NotImplementedError) or re.search(r"\bmeta\b", str(error), re.I) is not None
+    return (
+        isinstance(error, NotImplementedError)
+        or re.search(r"\bmeta\b", str(error), re.I) is not None
+    )
 
 
 def _spec(t: Any) -> str:
@@ -348,8 +366,25 @@ def check_not_transformed(name: str) -> None:
 
 
 def check_fit(
-    params, x, y, opt, *, model, loss, steps, epochs, batch_size, shuffle, seed, opt_state,
-    start_step, val, callbacks, log_every, eval_every, on_nonfinite,
+    params,
+    x,
+    y,
+    opt,
+    *,
+    model,
+    loss,
+    steps,
+    epochs,
+    batch_size,
+    shuffle,
+    seed,
+    opt_state,
+    start_step,
+    val,
+    callbacks,
+    log_every,
+    eval_every,
+    on_nonfinite,
 ) -> None:
     """All of fit's checks, in the order a reader would fix them."""
     check_not_transformed("fit")
@@ -369,8 +404,24 @@ def check_fit(
 
 
 def check_ensemble(
-    params, x, y, opt, *, model, loss, lrs, steps, epochs, batch_size, shuffle, seed, start_step,
-    val, log_every, eval_every, on_nonfinite,
+    params,
+    x,
+    y,
+    opt,
+    *,
+    model,
+    loss,
+    lrs,
+    steps,
+    epochs,
+    batch_size,
+    shuffle,
+    seed,
+    start_step,
+    val,
+    log_every,
+    eval_every,
+    on_nonfinite,
 ) -> tuple[PyTree, int, Tensor | None]:
     """All of fit_ensemble's checks but opt_state's (see check_opt_state).
 
@@ -433,7 +484,7 @@ def _is_model_list(params: PyTree, model: Any, x: Tensor) -> bool:
         # names what is wrong, x or the params; one item alone is no evidence of a list.
         if len(params) == 1:
             return False
-    shapes = lambda tree: [getattr(t, "shape", None) for t in tree_leaves(tree)]  # noqa: E731
+    shapes = lambda tree: [getattr(t, "shape", None) for t in tree_leaves(tree)]
     return all(
         tree_structure(p) == tree_structure(params[0]) and shapes(p) == shapes(params[0])
         for p in params
@@ -471,7 +522,9 @@ def check_lrs(opt: Any, lrs: Any, k: int, device: torch.device) -> Tensor | None
         )
     values = lrs.tolist() if isinstance(lrs, Tensor) else lrs
     if not isinstance(values, (list, tuple)):
-        raise TypeError(f"lrs must be a list or 1-d tensor of {k} learning rates, got {_given(lrs)}.")
+        raise TypeError(
+            f"lrs must be a list or 1-d tensor of {k} learning rates, got {_given(lrs)}."
+        )
     if len(values) != k:
         raise ValueError(f"lrs must hold one learning rate per model ({k}), got {lrs!r}.")
     for i, lr in enumerate(values):

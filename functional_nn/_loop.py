@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import attrs
 import torch
@@ -253,8 +253,10 @@ def _mean(t: Tensor) -> float:
 
 def _diverged(step: int, model: int | None, loss: float) -> str:
     where = f"step {step}" if model is None else f"step {step} in model {model} of the ensemble"
-    what = f"the loss is {loss}" if not math.isfinite(loss) else (
-        f"the loss is {loss} but the gradients or the updated params are not all finite"
+    what = (
+        f"the loss is {loss}"
+        if not math.isfinite(loss)
+        else (f"the loss is {loss} but the gradients or the updated params are not all finite")
     )
     return (
         f"Training diverged at {where}: {what}. Lower the learning rate, check the data and the "

@@ -7,7 +7,8 @@ torch's private API is mended in one place.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import attrs
 import torch
@@ -66,9 +67,7 @@ def assert_same_structure(
     """
     leaves, spec = tree_flatten(tree)
     ref_leaves, ref_spec = tree_flatten(reference)
-    same = spec == ref_spec and all(
-        _shape(a) == _shape(b) for a, b in zip(leaves, ref_leaves)
-    )
+    same = spec == ref_spec and all(_shape(a) == _shape(b) for a, b in zip(leaves, ref_leaves))
     if not same:
         raise ValueError(
             f"{name} does not match the structure of {reference_name}.\n"
@@ -128,7 +127,7 @@ def tree_stack(trees: list[PyTree]) -> PyTree:
 
     Leaves that are not tensors (None, in a state) are taken from the first tree.
     """
-    stack = lambda t, *ts: torch.stack([t, *ts]) if isinstance(t, torch.Tensor) else t  # noqa: E731
+    stack = lambda t, *ts: torch.stack([t, *ts]) if isinstance(t, torch.Tensor) else t
     return tree_map(stack, *trees)
 
 

@@ -49,7 +49,9 @@ class EarlyStopping:
         integer("patience", patience, 1)
         number("min_delta", min_delta)
         if not isinstance(restore_best, bool):
-            raise TypeError(f"restore_best must be a bool, got {type(restore_best).__name__}: {restore_best!r}.")
+            raise TypeError(
+                f"restore_best must be a bool, got {type(restore_best).__name__}: {restore_best!r}."
+            )
         self.patience, self.min_delta, self.restore_best = patience, float(min_delta), restore_best
         self.on_fit_start()
 

@@ -41,7 +41,8 @@ import re
 import reprlib
 import socket
 import tempfile
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import attrs
 import torch

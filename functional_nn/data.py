@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import Tensor

@@ -6,7 +6,7 @@ batches works unchanged, and a "mean" loss gives each example's own loss.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor

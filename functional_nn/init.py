@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -60,7 +60,9 @@ def _leaky_relu_gain(a: float) -> float:
 def kaiming_uniform(generator, shape, fan_in, fan_out, dtype, a: float = 0.0) -> Tensor:
     """U(-b, b), b = sqrt(3) gain / sqrt(fan_in), gain = sqrt(2 / (1 + a^2)), as
     `torch.nn.init.kaiming_uniform_(w, a)`; a = sqrt(5) gives nn.Linear's b = 1 / sqrt(fan_in)."""
-    return _uniform(generator, shape, math.sqrt(3.0) * (_leaky_relu_gain(a) / math.sqrt(fan_in)), dtype)
+    return _uniform(
+        generator, shape, math.sqrt(3.0) * (_leaky_relu_gain(a) / math.sqrt(fan_in)), dtype
+    )
 
 
 def kaiming_normal(generator, shape, fan_in, fan_out, dtype, a: float = 0.0) -> Tensor:
@@ -71,7 +73,9 @@ def kaiming_normal(generator, shape, fan_in, fan_out, dtype, a: float = 0.0) -> 
 
 def xavier_uniform(generator, shape, fan_in, fan_out, dtype) -> Tensor:
     """U(-b, b), b = sqrt(3) sqrt(2 / (fan_in + fan_out)), as `torch.nn.init.xavier_uniform_`."""
-    return _uniform(generator, shape, math.sqrt(3.0) * math.sqrt(2.0 / float(fan_in + fan_out)), dtype)
+    return _uniform(
+        generator, shape, math.sqrt(3.0) * math.sqrt(2.0 / float(fan_in + fan_out)), dtype
+    )
 
 
 def xavier_normal(generator, shape, fan_in, fan_out, dtype) -> Tensor:

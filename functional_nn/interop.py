@@ -51,7 +51,9 @@ def from_module(module: nn.Module) -> tuple[Network, dict[str, Tensor]]:
 
     def apply(params, x):
         fresh = {
-            name: b.to(device=x.device, dtype=x.dtype if b.is_floating_point() else b.dtype, copy=True)
+            name: b.to(
+                device=x.device, dtype=x.dtype if b.is_floating_point() else b.dtype, copy=True
+            )
             for name, b in buffers.items()
         }
         return torch.func.functional_call(module, (params, fresh), (x,))
@@ -125,8 +127,12 @@ def mlp_to_state_dict(params: list[dict[str, Tensor]]) -> dict[str, Tensor]:
     Returns:
         `{"0.weight", "0.bias", "2.weight", ...}`: layer i's tensors (not copies) under index 2i.
     """
-    if not isinstance(params, (list, tuple)) or not all(isinstance(layer, dict) for layer in params):
-        raise TypeError(f"params must be mlp params, a list of layer dicts, got {type(params).__name__}.")
+    if not isinstance(params, (list, tuple)) or not all(
+        isinstance(layer, dict) for layer in params
+    ):
+        raise TypeError(
+            f"params must be mlp params, a list of layer dicts, got {type(params).__name__}."
+        )
     return {f"{2 * i}.{key}": t for i, layer in enumerate(params) for key, t in layer.items()}
 
 
@@ -204,7 +210,9 @@ def _reset_copy(module: nn.Module, seed_or_generator: int | torch.Generator) -> 
     uncovered = {name for name, _ in module.named_parameters()}
     for prefix, sub in module.named_modules():
         if callable(getattr(sub, "reset_parameters", None)):
-            uncovered -= {f"{prefix}.{n}" if prefix else n for n, _ in sub.named_parameters(recurse=False)}
+            uncovered -= {
+                f"{prefix}.{n}" if prefix else n for n, _ in sub.named_parameters(recurse=False)
+            }
     if uncovered:
         raise ValueError(
             f"init cannot redraw the parameters {sorted(uncovered)} of {type(module).__name__}: "
@@ -214,8 +222,10 @@ def _reset_copy(module: nn.Module, seed_or_generator: int | torch.Generator) -> 
     # An int seeds torch's default CPU generator itself, so seed s draws what torch.manual_seed(s)
     # would; a generator lends a seed. fork_rng puts the global CPU state back afterwards.
     generator = as_generator(seed_or_generator)
-    seed = generator.initial_seed() if isinstance(seed_or_generator, int) else int(
-        torch.randint(0, 2**62, (), generator=generator)
+    seed = (
+        generator.initial_seed()
+        if isinstance(seed_or_generator, int)
+        else int(torch.randint(0, 2**62, (), generator=generator))
     )
     clone = copy.deepcopy(module).to("cpu")
     with torch.random.fork_rng(devices=[]):

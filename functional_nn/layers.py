@@ -13,7 +13,7 @@ Convention (every function here obeys it):
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F

@@ -13,7 +13,7 @@ loop, e.g. `check(loss, model_output_shape, y)`.
 from __future__ import annotations
 
 import functools
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -100,7 +100,9 @@ def cross_entropy(pred: Tensor, target: Tensor, reduction: str = "mean") -> Tens
     return _reduce(per_example, reduction)
 
 
-def binary_cross_entropy_with_logits(pred: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
+def binary_cross_entropy_with_logits(
+    pred: Tensor, target: Tensor, reduction: str = "mean"
+) -> Tensor:
     """Binary cross-entropy of logits, as `torch.nn.functional.binary_cross_entropy_with_logits`:
     (1 - target) pred - log sigmoid(pred), torch's formula, which never overflows.
 
@@ -166,12 +168,18 @@ def check(loss: str | Loss, pred_shape: Sequence[int], target: Tensor) -> None:
     if base is cross_entropy and not target.is_floating_point():
         classes = pred_shape[-1]
         _check_range(
-            f"cross_entropy: class labels for {classes} classes", target, 0, classes - 1,
+            f"cross_entropy: class labels for {classes} classes",
+            target,
+            0,
+            classes - 1,
             "renumber the labels, or widen the model's output.",
         )
     if base is binary_cross_entropy_with_logits:
         _check_range(
-            "binary_cross_entropy_with_logits: targets", target, 0, 1,
+            "binary_cross_entropy_with_logits: targets",
+            target,
+            0,
+            1,
             "pass probabilities, e.g. 0/1 labels as floats.",
         )
 
@@ -224,12 +232,16 @@ def _check_same_shape(name: str, pred: Tensor, target: Tensor) -> None:
 
 def _check_cross_entropy(pred: Tensor, target: Tensor) -> None:
     if not isinstance(target, Tensor):
-        raise TypeError(f"cross_entropy: target must be a torch.Tensor, got {type(target).__name__}.")
+        raise TypeError(
+            f"cross_entropy: target must be a torch.Tensor, got {type(target).__name__}."
+        )
     if pred.ndim != 2:
         raise ValueError(
             f"cross_entropy: pred must be (N, C) logits, got shape {tuple(pred.shape)}."
         )
-    labels = not target.is_floating_point() and not target.is_complex() and target.dtype != torch.bool
+    labels = (
+        not target.is_floating_point() and not target.is_complex() and target.dtype != torch.bool
+    )
     if labels and target.shape != pred.shape[:1]:
         raise ValueError(
             f"cross_entropy: integer class labels must have shape {tuple(pred.shape[:1])} for "

@@ -7,7 +7,9 @@ rejects params or inputs that do not fit it, naming the layer and both shapes.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+import itertools
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import attrs
 import torch
@@ -66,7 +68,7 @@ def mlp(
     sizes = _check_sizes(sizes)
     act = get_activation(activation)
     out_act = None if output_activation is None else get_activation(output_activation)
-    layers = [dense(fan_in, fan_out, bias, init) for fan_in, fan_out in zip(sizes[:-1], sizes[1:])]
+    layers = [dense(fan_in, fan_out, bias, init) for fan_in, fan_out in itertools.pairwise(sizes)]
 
     def init_fn(seed_or_generator, *, dtype: torch.dtype | None = None, device: Any = None):
         generator = as_generator(seed_or_generator)
@@ -82,7 +84,9 @@ def mlp(
     def check(params, x):
         _check_list(params, len(layers), "layer dicts")
         for i, layer in enumerate(params):
-            _check_linear(layer, _linear_shapes(sizes[i], sizes[i + 1], bias), f"layer {i}: params[{i}]")
+            _check_linear(
+                layer, _linear_shapes(sizes[i], sizes[i + 1], bias), f"layer {i}: params[{i}]"
+            )
         _check_features(x, sizes[0])
 
     return Network(init=init_fn, apply=apply, check=check)
@@ -156,7 +160,9 @@ def serial(*layers: Network | tuple | str | Activation) -> Network:
     return Network(init=init_fn, apply=apply, check=check)
 
 
-def eval_shape(model: Network | Callable[[PyTree, Tensor], Tensor], params: PyTree, x: Tensor) -> torch.Size:
+def eval_shape(
+    model: Network | Callable[[PyTree, Tensor], Tensor], params: PyTree, x: Tensor
+) -> torch.Size:
     """The shape of `model(params, x)`, traced on meta tensors: no arithmetic, no memory (it
     runs the model for real only if some op has no meta kernel).
 
@@ -176,7 +182,10 @@ def _meta_apply(apply: Callable, params: PyTree, x: Tensor) -> Tensor | None:
 
     A shape mismatch becomes a ValueError naming x's shape and torch's reason.
     """
-    meta = lambda t: t.to("meta") if isinstance(t, Tensor) else t
+
+    def meta(t):
+        return t.to("meta") if isinstance(t, Tensor) else t
+
     try:
         return apply(tree_map(meta, params), meta(x))
     except NotImplementedError:
@@ -197,7 +206,9 @@ def _as_network(layer: Any, index: int) -> Network:
         return Network(init=layer[0], apply=layer[1])
     if isinstance(layer, str) or callable(layer):
         act = get_activation(layer)
-        return Network(init=lambda *_, **__: {}, apply=lambda params, x: act(x), check=_check_no_params)
+        return Network(
+            init=lambda *_, **__: {}, apply=lambda params, x: act(x), check=_check_no_params
+        )
     raise TypeError(
         f"serial layer {index} must be a Network, an (init, apply) pair or an activation, got "
         f"{type(layer).__name__}: {layer!r}."
@@ -206,13 +217,17 @@ def _as_network(layer: Any, index: int) -> Network:
 
 def _check_no_params(params: PyTree, x: Tensor) -> None:
     if not isinstance(params, dict) or params:
-        raise ValueError(f"an activation layer has no params, so its entry must be {{}}, got {params!r}.")
+        raise ValueError(
+            f"an activation layer has no params, so its entry must be {{}}, got {params!r}."
+        )
 
 
 def _check_list(params: PyTree, length: int, entries: str) -> None:
     if isinstance(params, (list, tuple)) and len(params) == length:
         return
-    given = f"a {type(params).__name__}" + (f" of {len(params)}" if isinstance(params, (list, tuple)) else "")
+    given = f"a {type(params).__name__}" + (
+        f" of {len(params)}" if isinstance(params, (list, tuple)) else ""
+    )
     raise ValueError(
         f"params must be a list of {length} {entries}, got {given}; "
         "use the params made by this network's init."
@@ -221,7 +236,9 @@ def _check_list(params: PyTree, length: int, entries: str) -> None:
 
 def _check_sizes(sizes: Sequence[int]) -> tuple[int, ...]:
     sizes = tuple(sizes)
-    if len(sizes) < 2 or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in sizes):
+    if len(sizes) < 2 or not all(
+        isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in sizes
+    ):
         raise ValueError(
             f"sizes must be at least two positive ints (in, hidden..., out), got {sizes!r}."
         )
@@ -229,7 +246,9 @@ def _check_sizes(sizes: Sequence[int]) -> tuple[int, ...]:
 
 
 def _linear_shapes(fan_in: int, fan_out: int, bias: bool) -> dict[str, tuple[int, ...]]:
-    return {"weight": (fan_out, fan_in), "bias": (fan_out,)} if bias else {"weight": (fan_out, fan_in)}
+    return (
+        {"weight": (fan_out, fan_in), "bias": (fan_out,)} if bias else {"weight": (fan_out, fan_in)}
+    )
 
 
 def _check_linear(layer: PyTree, expected: dict[str, tuple[int, ...]], where: str) -> None:
@@ -242,7 +261,9 @@ def _check_linear(layer: PyTree, expected: dict[str, tuple[int, ...]], where: st
         )
     for key, shape in expected.items():
         if not isinstance(layer[key], Tensor):
-            raise TypeError(f"{where}[{key!r}] must be a tensor of shape {shape}, got {type(layer[key]).__name__}.")
+            raise TypeError(
+                f"{where}[{key!r}] must be a tensor of shape {shape}, got {type(layer[key]).__name__}."
+            )
         given = tuple(layer[key].shape)
         if given != shape:
             raise ValueError(

@@ -12,10 +12,9 @@ from __future__ import annotations
 import functools
 import time
 import types
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import attrs
-
 import torch
 from torch import Tensor
 
@@ -201,24 +200,52 @@ def fit(
         wall time, compile time, why it stopped, and the first non-finite step.
     """
     _checks.check_fit(
-        params, x, y, opt, model=model, loss=loss, steps=steps, epochs=epochs,
-        batch_size=batch_size, shuffle=shuffle, seed=seed, opt_state=opt_state,
-        start_step=start_step, val=val, callbacks=callbacks, log_every=log_every,
-        eval_every=eval_every, on_nonfinite=on_nonfinite,
-    )  # fmt: skip
+        params,
+        x,
+        y,
+        opt,
+        model=model,
+        loss=loss,
+        steps=steps,
+        epochs=epochs,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        seed=seed,
+        opt_state=opt_state,
+        start_step=start_step,
+        val=val,
+        callbacks=callbacks,
+        log_every=log_every,
+        eval_every=eval_every,
+        on_nonfinite=on_nonfinite,
+    )
     _checks.check_compile(compile, COMPILE_MODES)
     apply = model.apply if isinstance(model, Network) else model
     # The loop runs over the flat list of leaves; the trees are rebuilt once, at the end.
     leaves, spec = tree_flatten(params)
     # The state's structures, params-shaped and list-shaped, from states built on the meta device.
     state_spec = tree_structure(_checks.state_shapes(opt.init, params))
-    state = opt.init(leaves) if opt_state is None else _respec(opt_state, _checks.state_shapes(opt.init, leaves))
-    tree = lambda leaves: tree_unflatten(leaves, spec)  # noqa: E731
+    state = (
+        opt.init(leaves)
+        if opt_state is None
+        else _respec(opt_state, _checks.state_shapes(opt.init, leaves))
+    )
+    tree = lambda leaves: tree_unflatten(leaves, spec)
     evaluate = None if val is None else (lambda p: loss(apply(tree(p), val[0]), val[1]))
     hooks = list(callbacks)
-    callbacks = [lambda s, l, p, cb=cb: cb(s, l, tree(p)) for cb in callbacks]
-    plan = _plan(x.shape[0], steps, epochs, batch_size, start_step, val, callbacks, log_every,
-                 eval_every, on_nonfinite)  # fmt: skip
+    callbacks = [lambda s, value, p, cb=cb: cb(s, value, tree(p)) for cb in callbacks]
+    plan = _plan(
+        x.shape[0],
+        steps,
+        epochs,
+        batch_size,
+        start_step,
+        val,
+        callbacks,
+        log_every,
+        eval_every,
+        on_nonfinite,
+    )
     data = batches(x, y, batch_size, shuffle, seed, start_step)
     first_call = []  # the seconds of the compiled step's first call, compilation included
     if compile:
@@ -245,7 +272,9 @@ def _own_code(fn: Callable) -> Callable:
     """`fn` with a code object of its own. torch.compile keeps its compiled variants per code
     object, at most torch._dynamo.config.recompile_limit (8) of them; every step that make_step
     makes shares one code object, so without this the ninth (model, loss, opt) would fail."""
-    return types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
+    return types.FunctionType(
+        fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__
+    )
 
 
 def _timing_first_call(step: Callable, seconds: list[float]) -> Callable:
@@ -337,18 +366,40 @@ def fit_ensemble(
         A FitResult with stacked params and opt_state, (n, K) losses and (m, K) val_losses.
     """
     stacked, k, lr_values = _checks.check_ensemble(
-        params, x, y, opt, model=model, loss=loss, lrs=lrs, steps=steps, epochs=epochs,
-        batch_size=batch_size, shuffle=shuffle, seed=seed, start_step=start_step, val=val,
-        log_every=log_every, eval_every=eval_every, on_nonfinite=on_nonfinite,
-    )  # fmt: skip
+        params,
+        x,
+        y,
+        opt,
+        model=model,
+        loss=loss,
+        lrs=lrs,
+        steps=steps,
+        epochs=epochs,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        seed=seed,
+        start_step=start_step,
+        val=val,
+        log_every=log_every,
+        eval_every=eval_every,
+        on_nonfinite=on_nonfinite,
+    )
     make_opt = (lambda i: opt) if lr_values is None else (lambda i: opt(lr_values[i]))
-    init = lambda p: tree_stack([make_opt(i).init(tree_index(p, i)) for i in range(k)])  # noqa: E731
+    init = lambda p: tree_stack([make_opt(i).init(tree_index(p, i)) for i in range(k)])
     if opt_state is not None:
         _checks.check_opt_state(opt_state, _checks.state_shapes(init, stacked), x.device)
     state = init(stacked) if opt_state is None else opt_state
     apply = model.apply if isinstance(model, Network) else model
     per_model_data = not isinstance(seed, int) and shuffle and batch_size is not None
-    key = (apply, loss, opt, _Flat.of(stacked), _Flat.of(state), lr_values is not None, per_model_data)
+    key = (
+        apply,
+        loss,
+        opt,
+        _Flat.of(stacked),
+        _Flat.of(state),
+        lr_values is not None,
+        per_model_data,
+    )
     first_call = []
     if compile:
         # max-autotune's matmul templates fail an inductor assertion on vmapped steps (torch 2.13).
@@ -356,13 +407,25 @@ def fit_ensemble(
         vmapped = _timing_first_call(_compiled_vmapped_step(*key, mode), first_call)
     else:
         vmapped = _vmapped_step(*key)
-    step = lambda p, s, xb, yb: vmapped(p, s, xb, yb, lr_values)  # noqa: E731
+    step = lambda p, s, xb, yb: vmapped(p, s, xb, yb, lr_values)
     evaluate = None if val is None else _vmapped_eval(apply, loss, stacked, val)
-    plan = _plan(x.shape[0], steps, epochs, batch_size, start_step, val, (), log_every,
-                 eval_every, on_nonfinite)  # fmt: skip
+    plan = _plan(
+        x.shape[0],
+        steps,
+        epochs,
+        batch_size,
+        start_step,
+        val,
+        (),
+        log_every,
+        eval_every,
+        on_nonfinite,
+    )
     data_seed = list(seed) if per_model_data else seed if isinstance(seed, int) else seed[0]
     data = batches(x, y, batch_size, shuffle, data_seed, start_step)
-    return attrs.evolve(run(step, evaluate, stacked, state, data, plan), compile_time=sum(first_call))
+    return attrs.evolve(
+        run(step, evaluate, stacked, state, data, plan), compile_time=sum(first_call)
+    )
 
 
 def _vmapped_step(apply, loss, opt, p_flat, s_flat, per_model_lr: bool, per_model_data: bool):
@@ -398,7 +461,7 @@ def _compiled_vmapped_step(*key_and_mode):
 
 def _vmapped_eval(apply, loss, params, val) -> Callable[[PyTree], Tensor]:
     flat = _Flat.of(params)
-    one = lambda p: loss(apply(flat.tree(p), val[0]), val[1])  # noqa: E731
+    one = lambda p: loss(apply(flat.tree(p), val[0]), val[1])
     return lambda params: torch.func.vmap(one)(flat.tensors(params))
 
 
@@ -411,9 +474,11 @@ class _Flat:
     others: tuple  # (index, leaf) for each leaf that is not a tensor
 
     @classmethod
-    def of(cls, like: PyTree) -> "_Flat":
+    def of(cls, like: PyTree) -> _Flat:
         leaves, spec = tree_flatten(like)
-        return cls(spec, tuple((i, leaf) for i, leaf in enumerate(leaves) if not isinstance(leaf, Tensor)))
+        return cls(
+            spec, tuple((i, leaf) for i, leaf in enumerate(leaves) if not isinstance(leaf, Tensor))
+        )
 
     def tensors(self, tree: PyTree) -> list[Tensor]:
         return [leaf for leaf in tree_leaves(tree) if isinstance(leaf, Tensor)]

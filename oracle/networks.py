@@ -23,7 +23,9 @@ def get_activation(activation):
     if isinstance(activation, tuple):
         return activation
     if activation not in ACTIVATIONS:
-        raise ValueError(f"Unknown activation {activation!r}; expected one of {sorted(ACTIVATIONS)}.")
+        raise ValueError(
+            f"Unknown activation {activation!r}; expected one of {sorted(ACTIVATIONS)}."
+        )
     return ACTIVATIONS[activation]
 
 
@@ -67,7 +69,12 @@ def mlp_backward(dout: np.ndarray, cache) -> list[dict]:
 
 
 def loss_and_grads(
-    params: list[dict], x: np.ndarray, y: np.ndarray, loss, activation="relu", output_activation=None
+    params: list[dict],
+    x: np.ndarray,
+    y: np.ndarray,
+    loss,
+    activation="relu",
+    output_activation=None,
 ):
     """(loss value, grads) of `loss(mlp(params, x), y)`, e.g. with `oracle.losses.sse`.
 

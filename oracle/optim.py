@@ -50,7 +50,9 @@ class SGD(_Optimizer):
     """SGD with momentum (Sutskever et al. 2013, torch's form): b_1 = g_1 (dampening ignored),
     b_t = mu b_{t-1} + (1 - dampening) g_t; nesterov: g_t + mu b_t."""
 
-    def __init__(self, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False, maximize=False):
+    def __init__(
+        self, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False, maximize=False
+    ):
         super().__init__(lr, weight_decay, maximize)
         self.momentum, self.dampening, self.nesterov = momentum, dampening, nesterov
 
@@ -65,7 +67,16 @@ class RMSprop(_Optimizer):
     """RMSprop (Hinton, Neural Networks for ML, lecture 6e; centered: Graves 2013, eq. 38-41):
     v_t = alpha v + (1 - alpha) g^2; eps added after the root; optional momentum buffer."""
 
-    def __init__(self, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False, maximize=False):
+    def __init__(
+        self,
+        lr=1e-2,
+        alpha=0.99,
+        eps=1e-8,
+        weight_decay=0.0,
+        momentum=0.0,
+        centered=False,
+        maximize=False,
+    ):
         super().__init__(lr, weight_decay, maximize)
         self.alpha, self.eps, self.momentum, self.centered = alpha, eps, momentum, centered
 
@@ -90,7 +101,13 @@ class Adagrad(_Optimizer):
     times g / (sqrt(s_t) + eps)."""
 
     def __init__(
-        self, lr=1e-2, lr_decay=0.0, weight_decay=0.0, initial_accumulator_value=0.0, eps=1e-10, maximize=False
+        self,
+        lr=1e-2,
+        lr_decay=0.0,
+        weight_decay=0.0,
+        initial_accumulator_value=0.0,
+        eps=1e-10,
+        maximize=False,
     ):
         super().__init__(lr, weight_decay, maximize)
         self.lr_decay, self.init_value, self.eps = lr_decay, initial_accumulator_value, eps
@@ -107,7 +124,9 @@ class Adam(_Optimizer):
     """Adam (Kingma & Ba 2015, Algorithm 1; eps outside the root as torch): bias-corrected moments;
     amsgrad (Reddi et al. 2018) takes the max of the raw second moment, before its correction."""
 
-    def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False, maximize=False):
+    def __init__(
+        self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False, maximize=False
+    ):
         super().__init__(lr, weight_decay, maximize)
         (self.b1, self.b2), self.eps, self.amsgrad = betas, eps, amsgrad
 
@@ -128,7 +147,15 @@ class AdamW(Adam):
 
     decoupled = True
 
-    def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False, maximize=False):
+    def __init__(
+        self,
+        lr=1e-3,
+        betas=(0.9, 0.999),
+        eps=1e-8,
+        weight_decay=1e-2,
+        amsgrad=False,
+        maximize=False,
+    ):
         super().__init__(lr, betas, eps, weight_decay, amsgrad, maximize)
 
 
@@ -155,9 +182,15 @@ class NAdam(_Optimizer):
     over sqrt(v / (1 - b2^t)) + eps."""
 
     def __init__(
-        self, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, momentum_decay=4e-3,
-        decoupled_weight_decay=False, maximize=False,
-    ):  # fmt: skip
+        self,
+        lr=2e-3,
+        betas=(0.9, 0.999),
+        eps=1e-8,
+        weight_decay=0.0,
+        momentum_decay=4e-3,
+        decoupled_weight_decay=False,
+        maximize=False,
+    ):
         super().__init__(lr, weight_decay, maximize)
         (self.b1, self.b2), self.eps, self.psi = betas, eps, momentum_decay
         self.decoupled = decoupled_weight_decay
@@ -190,7 +223,13 @@ class RAdam(_Optimizer):
     when rho_t > 5, plain bias-corrected momentum before."""
 
     def __init__(
-        self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, decoupled_weight_decay=False, maximize=False
+        self,
+        lr=1e-3,
+        betas=(0.9, 0.999),
+        eps=1e-8,
+        weight_decay=0.0,
+        decoupled_weight_decay=False,
+        maximize=False,
     ):
         super().__init__(lr, weight_decay, maximize)
         (self.b1, self.b2), self.eps = betas, eps
@@ -208,7 +247,9 @@ class RAdam(_Optimizer):
         rho_t = rho_inf - 2 * t * b2**t / (1 - b2**t)
         if rho_t <= 5:
             return m_hat
-        rect = math.sqrt((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t))
+        rect = math.sqrt(
+            (rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t)
+        )
         return m_hat * rect * math.sqrt(1 - b2**t) / (np.sqrt(s["v"]) + self.eps)
 
 
@@ -243,15 +284,23 @@ def exponential_decay(init_value, gamma):
 
 def cosine_decay(init_value, decay_steps, end_value=0.0):
     """CosineAnnealingLR (SGDR, Loshchilov & Hutter 2017, eq. 5, one cycle), held at the end."""
+
     def schedule(t):
-        return end_value + (init_value - end_value) * (1 + math.cos(math.pi * min(t, decay_steps) / decay_steps)) / 2
+        return (
+            end_value
+            + (init_value - end_value)
+            * (1 + math.cos(math.pi * min(t, decay_steps) / decay_steps))
+            / 2
+        )
 
     return schedule
 
 
 def linear(init_value, end_value, transition_steps):
     """LinearLR: from init to end over transition_steps, then held."""
-    return lambda t: init_value + (end_value - init_value) * min(t, transition_steps) / transition_steps
+    return lambda t: (
+        init_value + (end_value - init_value) * min(t, transition_steps) / transition_steps
+    )
 
 
 def join(schedules, boundaries):

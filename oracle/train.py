@@ -14,7 +14,15 @@ def flat_params(params: list[dict]) -> list[np.ndarray]:
     return [layer[k] for layer in params for k in sorted(layer, key=["weight", "bias"].index)]
 
 
-def train(params: list[dict], x: np.ndarray, y: np.ndarray, optimizer, steps: int = 500, loss=losses.sse, activation="relu"):
+def train(
+    params: list[dict],
+    x: np.ndarray,
+    y: np.ndarray,
+    optimizer,
+    steps: int = 500,
+    loss=losses.sse,
+    activation="relu",
+):
     """Train an mlp in place of a copy: forward, loss, hand-derived backward, optimizer step.
 
     Args:

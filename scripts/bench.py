@@ -31,12 +31,12 @@ import os
 import platform
 import statistics
 import sys
-from typing import Callable, NamedTuple
-
-import numpy as np
-import torch
+from collections.abc import Callable
+from typing import NamedTuple
 
 import bench_cases as cases
+import numpy as np
+import torch
 from bench_cases import SEED_SIZES, Prepared, Problem, Sizes, Unavailable
 
 
@@ -79,8 +79,16 @@ class Settings(NamedTuple):
     update_steps: int  # steps per run at the first of them; a size f times larger runs 1/f
 
 
-FULL = Settings(100, 5, ((1, 1), (4, 1), (16, 1), (1, 4), (1, 16)), (1, 8, 32, 128), 20, None,
-                (100_000, 1_600_000, 16_000_000), 160)
+FULL = Settings(
+    100,
+    5,
+    ((1, 1), (4, 1), (16, 1), (1, 4), (1, 16)),
+    (1, 8, 32, 128),
+    20,
+    None,
+    (100_000, 1_600_000, 16_000_000),
+    160,
+)
 QUICK = Settings(20, 3, ((4, 1), (1, 4)), (1, 8, 32, 128), 5, 8, (1_000, 16_000), 4)
 
 
@@ -150,12 +158,20 @@ def sweep_rows(sizes: Sizes, device, dtype, s: Settings, contenders) -> list[dic
         prepared, notes = prepare(contenders, problem, steps)
         us = {name: 1e6 * t / steps for name, t in measure(prepared, s.repeats).items()}
         gflop = point.flops() / 1e9
-        rows.append({
-            "n": point.n, "h": point.h, "steps": steps, "gflop_per_step": gflop,
-            "us_per_step": us, "gflops": {name: gflop / (t * 1e-6) for name, t in us.items()},
-            "notes": notes,
-            "compile_s": {n: p.compile_s for n, p in prepared.items() if p.compile_s is not None},
-        })  # fmt: skip
+        rows.append(
+            {
+                "n": point.n,
+                "h": point.h,
+                "steps": steps,
+                "gflop_per_step": gflop,
+                "us_per_step": us,
+                "gflops": {name: gflop / (t * 1e-6) for name, t in us.items()},
+                "notes": notes,
+                "compile_s": {
+                    n: p.compile_s for n, p in prepared.items() if p.compile_s is not None
+                },
+            }
+        )
     return rows
 
 
@@ -167,12 +183,18 @@ def ensemble_rows(sizes: Sizes, device, dtype, s: Settings, compile: bool = True
         sequential = min(k, s.max_sequential or k)
         runners = cases.ensemble_runners(problem, k, s.ensemble_steps, sequential, compile)
         us = {n: 1e6 * t / s.ensemble_steps for n, t in measure(runners, s.repeats).items()}
-        rows.append({
-            "k": k, "steps": s.ensemble_steps, "sequential_timed": sequential,
-            "us_per_model_step": us, "speedup": us["sequential fits"] / us["fit_ensemble"],
-            "speedup_compiled": us["sequential fits"] / us["fit_ensemble compiled"]
-            if "fit_ensemble compiled" in us else None,
-        })  # fmt: skip
+        rows.append(
+            {
+                "k": k,
+                "steps": s.ensemble_steps,
+                "sequential_timed": sequential,
+                "us_per_model_step": us,
+                "speedup": us["sequential fits"] / us["fit_ensemble"],
+                "speedup_compiled": us["sequential fits"] / us["fit_ensemble compiled"]
+                if "fit_ensemble compiled" in us
+                else None,
+            }
+        )
     return rows
 
 
@@ -191,14 +213,25 @@ def update_rows(device, dtype, s: Settings, contenders=UPDATE_CONTENDERS) -> lis
                     notes[name] = str(why)
             figures = measure(prepared, s.repeats)
             us = {n: 1e6 * f["seconds"] / steps for n, f in figures.items()}
-            rows.append({
-                "size": size, "optimizer": opt, "steps": steps, "us_per_step": us,
-                "vs": {b: {n: t / us[b] for n, t in us.items()} for b in UPDATE_BASELINES if b in us},
-                "faults_per_step": {n: f["faults"] / steps for n, f in figures.items()},
-                "peak_mb": {n: None if f["peak_bytes"] is None else f["peak_bytes"] / 2**20
-                            for n, f in figures.items()},
-                "notes": notes,
-            })  # fmt: skip
+            rows.append(
+                {
+                    "size": size,
+                    "optimizer": opt,
+                    "steps": steps,
+                    "us_per_step": us,
+                    "vs": {
+                        b: {n: t / us[b] for n, t in us.items()}
+                        for b in UPDATE_BASELINES
+                        if b in us
+                    },
+                    "faults_per_step": {n: f["faults"] / steps for n, f in figures.items()},
+                    "peak_mb": {
+                        n: None if f["peak_bytes"] is None else f["peak_bytes"] / 2**20
+                        for n, f in figures.items()
+                    },
+                    "notes": notes,
+                }
+            )
             del prepared  # the next optimizer's tensors take their place, not theirs beside them
     return rows
 
@@ -211,12 +244,16 @@ def _fmt(value: float | None, spec: str, width: int) -> str:
 
 
 def print_seed(rows: list[dict], header: str) -> None:
-    print(f"\n{header}\n   {'contender':<26}{'us/step':>10}{'x torch.optim':>15}{'x floor':>9}"
-          "  note")
+    print(
+        f"\n{header}\n   {'contender':<26}{'us/step':>10}{'x torch.optim':>15}{'x floor':>9}  note"
+    )
     for r in rows:
         note = r.get("note") or (f"compiled in {r['compile_s']:.1f} s" if "compile_s" in r else "")
-        figures = (_fmt(r["us_per_step"], ".1f", 10) + _fmt(r.get("vs_torch_optim"), ".2f", 15)
-                   + _fmt(r.get("vs_floor"), ".2f", 9))
+        figures = (
+            _fmt(r["us_per_step"], ".1f", 10)
+            + _fmt(r.get("vs_torch_optim"), ".2f", 15)
+            + _fmt(r.get("vs_floor"), ".2f", 9)
+        )
         print(f"{r['key']}  {r['contender']:<26}{figures}  {note}")
 
 
@@ -234,20 +271,26 @@ def print_sweep(rows: list[dict], header: str) -> None:
 
 
 def print_ensembles(rows: list[dict], header: str) -> None:
-    print(f"\n{header}\n{'K':>5}{'fit_ensemble':>14}{'speed-up':>10}{'compiled':>10}{'speed-up':>10}"
-          f"{'K fits':>10}{'floor':>10}  (us per model-step)")
+    print(
+        f"\n{header}\n{'K':>5}{'fit_ensemble':>14}{'speed-up':>10}{'compiled':>10}{'speed-up':>10}"
+        f"{'K fits':>10}{'floor':>10}  (us per model-step)"
+    )
     for r in rows:
         us, timed = r["us_per_model_step"], r["sequential_timed"]
         scaled = "" if timed == r["k"] else f"  the K fits timed on {timed} models, per model"
-        print(f"{r['k']:>5}{us['fit_ensemble']:>14.1f}{r['speedup']:>10.2f}"
-              f"{_fmt(us.get('fit_ensemble compiled'), '.1f', 10)}{_fmt(r['speedup_compiled'], '.2f', 10)}"
-              f"{us['sequential fits']:>10.1f}{us['matmul floor']:>10.1f}{scaled}")
+        print(
+            f"{r['k']:>5}{us['fit_ensemble']:>14.1f}{r['speedup']:>10.2f}"
+            f"{_fmt(us.get('fit_ensemble compiled'), '.1f', 10)}{_fmt(r['speedup_compiled'], '.2f', 10)}"
+            f"{us['sequential fits']:>10.1f}{us['matmul floor']:>10.1f}{scaled}"
+        )
 
 
 def print_updates(rows: list[dict], header: str) -> None:
     names = [n for n, _ in UPDATE_CONTENDERS]
-    print(f"\n{header}\n{'params':>10} {'optimizer':<10}{'steps':>6}"
-          + "".join(f"{n:>46}" for n in names))
+    print(
+        f"\n{header}\n{'params':>10} {'optimizer':<10}{'steps':>6}"
+        + "".join(f"{n:>46}" for n in names)
+    )
     print(" " * 27 + f"{'us/step  x foreach  x fused  faults  peak MB':>46}" * len(names))
     for r in rows:
         cells = "".join(
@@ -271,13 +314,17 @@ def machine(device: torch.device) -> dict:
             names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
         cpu = names[0] if names else cpu
     return {
-        "cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
         "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "torch": torch.__version__, "numpy": np.__version__, "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "load_average": _load_average(),
-    }  # fmt: skip
+    }
 
 
 def _left_out(problem: Problem, steps: int) -> Prepared:
@@ -285,13 +332,17 @@ def _left_out(problem: Problem, steps: int) -> Prepared:
 
 
 def print_machine(info: dict) -> None:
-    print(f"{info['cpu']} ({info['cores']} cores), {info['torch_threads']} torch threads "
-          f"(OMP_NUM_THREADS={info['OMP_NUM_THREADS']}), device {info['device']}, torch "
-          f"{info['torch']}, {info['date']}, load average {info['load_average']}")
+    print(
+        f"{info['cpu']} ({info['cores']} cores), {info['torch_threads']} torch threads "
+        f"(OMP_NUM_THREADS={info['OMP_NUM_THREADS']}), device {info['device']}, torch "
+        f"{info['torch']}, {info['date']}, load average {info['load_average']}"
+    )
     load = info["load_average"]
     if load and load[0] >= info["cores"] > 1 < info["torch_threads"]:
-        print("warning: the machine is busy and torch runs several threads, which then wait on "
-              "each other; the figures will be noise. Try OMP_NUM_THREADS=1 (see --help).")
+        print(
+            "warning: the machine is busy and torch runs several threads, which then wait on "
+            "each other; the figures will be noise. Try OMP_NUM_THREADS=1 (see --help)."
+        )
 
 
 def _load_average() -> list[float] | None:
@@ -312,15 +363,22 @@ def parse_args(argv) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, help="steps per timed run at the seed sizes (>= 1)")
     parser.add_argument("--repeats", type=int, help="timed runs per contender (>= 1)")
     parser.add_argument("--no-compile", action="store_true", help="leave out fit(compile=True)")
-    parser.add_argument("--only", nargs="+", choices=PARTS, default=list(PARTS),
-                        help="run only these parts (default: all)")
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=PARTS,
+        default=list(PARTS),
+        help="run only these parts (default: all)",
+    )
     args = parser.parse_args(argv)
     for flag in ("steps", "repeats"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             parser.error(f"--{flag} must be >= 1, got {getattr(args, flag)}.")
     if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: no CUDA device is available to torch on this machine; "
-                     "use --device cpu, or install a CUDA build of torch on a GPU machine.")
+        parser.error(
+            "--device cuda: no CUDA device is available to torch on this machine; "
+            "use --device cpu, or install a CUDA build of torch on a GPU machine."
+        )
     return args
 
 
@@ -332,8 +390,9 @@ def main(argv=None, sizes: Sizes = SEED_SIZES, settings: Settings | None = None)
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     if device.type == "cuda":  # IEEE float32 matmuls, as everywhere else in the project
         torch.backends.cuda.matmul.allow_tf32 = False
-    contenders = [c._replace(make=_left_out) if args.no_compile and c.key == "b" else c
-                  for c in CONTENDERS]
+    contenders = [
+        c._replace(make=_left_out) if args.no_compile and c.key == "b" else c for c in CONTENDERS
+    ]
     info = machine(device)
     print_machine(info)
     where = f"{args.dtype} on {args.device}, median of {s.repeats}"
@@ -342,22 +401,35 @@ def main(argv=None, sizes: Sizes = SEED_SIZES, settings: Settings | None = None)
     if "seed" in args.only:
         out["seed"] = {}
         for opt in cases.LR:
-            out["seed"][opt] = seed_rows(cases.make_problem(sizes, opt, device, dtype), s, contenders)
-            print_seed(out["seed"][opt], f"{opt} lr {cases.LR[opt]:g}: N={n}, {d_in}-{h}-{d_out}, "
-                       f"{s.steps} steps a run, {where}")
+            out["seed"][opt] = seed_rows(
+                cases.make_problem(sizes, opt, device, dtype), s, contenders
+            )
+            print_seed(
+                out["seed"][opt],
+                f"{opt} lr {cases.LR[opt]:g}: N={n}, {d_in}-{h}-{d_out}, "
+                f"{s.steps} steps a run, {where}",
+            )
     if "sweep" in args.only:
         out["sweep"] = sweep_rows(sizes, device, dtype, s, contenders)
-        print_sweep(out["sweep"], f"sweep, adam: N and H scaled, {where}; GFLOP/s = {d_in}-H-{d_out} "
-                    "step's matmul flops (2*N*D_in*H*2 + 2*N*H*D_out*3) / time")
+        print_sweep(
+            out["sweep"],
+            f"sweep, adam: N and H scaled, {where}; GFLOP/s = {d_in}-H-{d_out} "
+            "step's matmul flops (2*N*D_in*H*2 + 2*N*H*D_out*3) / time",
+        )
     if "ensembles" in args.only:
         out["ensembles"] = ensemble_rows(sizes, device, dtype, s, not args.no_compile)
-        print_ensembles(out["ensembles"], f"ensembles, adam: N={n}, {d_in}-{h}-{d_out}, "
-                        f"{s.ensemble_steps} steps a run, {where}")
+        print_ensembles(
+            out["ensembles"],
+            f"ensembles, adam: N={n}, {d_in}-{h}-{d_out}, {s.ensemble_steps} steps a run, {where}",
+        )
     if "updates" in args.only:
         out["updates"] = update_rows(device, dtype, s)
-        print_updates(out["updates"], f"the update alone (update + apply_updates; torch: step()), "
-                      f"lr {cases.UPDATE_LR:g}, four tensors, {where}; faults: minor page faults "
-                      "per step; peak MB: peak RSS above the run's start")
+        print_updates(
+            out["updates"],
+            f"the update alone (update + apply_updates; torch: step()), "
+            f"lr {cases.UPDATE_LR:g}, four tensors, {where}; faults: minor page faults "
+            "per step; peak MB: peak RSS above the run's start",
+        )
     out["machine"]["load_average_end"] = _load_average()
     print(f"\nload average at the end {out['machine']['load_average_end']}")
     if args.json:

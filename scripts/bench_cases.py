@@ -13,7 +13,8 @@ from __future__ import annotations
 import inspect
 import resource
 import time
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -67,7 +68,7 @@ class Problem(NamedTuple):
 def make_problem(sizes: Sizes, optimizer: str, device, dtype, seed: int = 0) -> Problem:
     """Standard-normal data and weights, as the seeds draw them, from one seed."""
     generator = torch.Generator().manual_seed(seed)
-    draw = lambda *shape: torch.randn(*shape, generator=generator).to(device, dtype)  # noqa: E731
+    draw = lambda *shape: torch.randn(*shape, generator=generator).to(device, dtype)
     n, d_in, h, d_out = sizes
     return Problem(sizes, optimizer, draw(n, d_in), draw(n, d_out), (draw(h, d_in), draw(d_out, h)))
 
@@ -121,7 +122,7 @@ def torch_optim(**options) -> Callable[[Problem, int], Prepared]:
     """The seeds' torch.nn + torch.optim loop; options go to the optimizer (foreach, fused)."""
 
     def make(p: Problem, steps: int) -> Prepared:
-        n, d_in, h, d_out = p.sizes
+        _n, d_in, h, d_out = p.sizes
         like = {"device": p.device, "dtype": p.x.dtype}
         model = torch.nn.Sequential(
             torch.nn.Linear(d_in, h, bias=False, **like),
@@ -210,7 +211,7 @@ def matmul_floor(p: Problem, steps: int) -> Prepared:
     training loop can beat with these kernels, whatever the optimizer."""
     (w1, w2), x = p.w0, p.x
     dout = torch.ones_like(p.y)
-    empty = lambda *shape: torch.empty(*shape, device=p.device, dtype=x.dtype)  # noqa: E731
+    empty = lambda *shape: torch.empty(*shape, device=p.device, dtype=x.dtype)
     n, d_in, h, d_out = p.sizes
     hidden, out, dh = empty(n, h), empty(n, d_out), empty(n, h)
     dw1, dw2 = empty(h, d_in), empty(d_out, h)
@@ -231,19 +232,26 @@ def matmul_floor(p: Problem, steps: int) -> Prepared:
 # ---- ensembles: fit_ensemble against one fit after another -------------------------------------
 
 
-def ensemble_runners(p: Problem, k: int, steps: int, sequential: int, compile: bool = True) -> dict[str, Prepared]:
+def ensemble_runners(
+    p: Problem, k: int, steps: int, sequential: int, compile: bool = True
+) -> dict[str, Prepared]:
     """fit_ensemble of k models (model i from model.init(i)), `sequential` fits of the same models
     one after another, and one model's matmul floor; each returns its seconds per model."""
     model, opt = p.model, {"sgd": fnn.sgd, "adam": fnn.adam}[p.optimizer](LR[p.optimizer])
     trees = [model.init(i, dtype=p.x.dtype, device=p.device) for i in range(k)]
 
     def together(**options) -> float:
-        return fnn.fit_ensemble(trees, p.x, p.y, opt, model=model, steps=steps, **options).wall_time / k
+        return (
+            fnn.fit_ensemble(trees, p.x, p.y, opt, model=model, steps=steps, **options).wall_time
+            / k
+        )
 
     compiled = {}
     if compile and HAS_COMPILE:
         first = fnn.fit_ensemble(trees, p.x, p.y, opt, model=model, steps=steps, compile=True)
-        compiled["fit_ensemble compiled"] = Prepared(lambda: together(compile=True), compile_s=first.compile_time)
+        compiled["fit_ensemble compiled"] = Prepared(
+            lambda: together(compile=True), compile_s=first.compile_time
+        )
 
     def one_by_one() -> float:
         fits = [fnn.fit(t, p.x, p.y, opt, model=model, steps=steps) for t in trees[:sequential]]
@@ -272,10 +280,16 @@ UPDATES = {
     "radam": ("radam", {}),
 }
 UPDATE_LR = 1e-3
-TORCH_OPTIMIZERS = {"sgd": torch.optim.SGD, "rmsprop": torch.optim.RMSprop, "adam": torch.optim.Adam,
-                    "adamw": torch.optim.AdamW, "adagrad": torch.optim.Adagrad,
-                    "adamax": torch.optim.Adamax, "nadam": torch.optim.NAdam,
-                    "radam": torch.optim.RAdam}  # fmt: skip
+TORCH_OPTIMIZERS = {
+    "sgd": torch.optim.SGD,
+    "rmsprop": torch.optim.RMSprop,
+    "adam": torch.optim.Adam,
+    "adamw": torch.optim.AdamW,
+    "adagrad": torch.optim.Adagrad,
+    "adamax": torch.optim.Adamax,
+    "nadam": torch.optim.NAdam,
+    "radam": torch.optim.RAdam,
+}
 
 
 def update_leaves(size: int, device, dtype, seed: int = 0) -> tuple[list[Tensor], list[Tensor]]:
@@ -283,7 +297,7 @@ def update_leaves(size: int, device, dtype, seed: int = 0) -> tuple[list[Tensor]
     generator = torch.Generator().manual_seed(seed)
     parts = [size // 2, size // 4, size // 8]
     parts.append(size - sum(parts))
-    draw = lambda: [torch.randn(k, generator=generator).to(device, dtype) for k in parts]  # noqa: E731
+    draw = lambda: [torch.randn(k, generator=generator).to(device, dtype) for k in parts]
     return draw(), draw()
 
 
@@ -313,7 +327,9 @@ def _reset_peak_rss() -> bool:
         return False
 
 
-def timed_steps(step: Callable[[], None], steps: int, device: torch.device) -> dict[str, float | None]:
+def timed_steps(
+    step: Callable[[], None], steps: int, device: torch.device
+) -> dict[str, float | None]:
     """Seconds, minor page faults and peak RSS above the starting RSS (bytes) of `steps` steps."""
     can_peak = _reset_peak_rss()
     rss = _status_bytes("VmRSS")
@@ -324,7 +340,11 @@ def timed_steps(step: Callable[[], None], steps: int, device: torch.device) -> d
     seconds = now(device) - start
     faults = _minor_faults() - faults
     peak = _status_bytes("VmHWM") if can_peak else None
-    return {"seconds": seconds, "faults": faults, "peak_bytes": None if peak is None or rss is None else peak - rss}
+    return {
+        "seconds": seconds,
+        "faults": faults,
+        "peak_bytes": None if peak is None or rss is None else peak - rss,
+    }
 
 
 def fnn_update(name: str, size: int, steps: int, device, dtype) -> Prepared:
@@ -354,7 +374,9 @@ def torch_update(**options) -> Callable[[str, int, int, torch.device, torch.dtyp
         try:
             opt = TORCH_OPTIMIZERS[factory](params, UPDATE_LR, **kwargs, **options)
         except (RuntimeError, TypeError) as error:
-            raise Unavailable(f"torch.optim.{TORCH_OPTIMIZERS[factory].__name__} has no {options}") from error
+            raise Unavailable(
+                f"torch.optim.{TORCH_OPTIMIZERS[factory].__name__} has no {options}"
+            ) from error
         return Prepared(lambda: timed_steps(opt.step, steps, device))
 
     return make

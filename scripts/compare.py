@@ -33,7 +33,7 @@ from oracle.networks import mlp_forward
 from oracle.train import flat_params
 from scripts import stages
 from scripts.stages import Problem, StageResult
-from scripts.workloads import D_IN, D_OUT, H, N, ORACLE, TOLERANCES, WORKLOADS, Stage, Workload
+from scripts.workloads import D_IN, D_OUT, ORACLE, TOLERANCES, WORKLOADS, H, N, Stage, Workload
 
 # ---- the comparison ---------------------------------------------------------------------------
 
@@ -51,8 +51,14 @@ def accuracy(params: list[dict], problem: Problem) -> float | None:
     return float(np.mean(logits.argmax(axis=1) == problem.y))
 
 
-def _row(workload: str, stage: Stage, result: StageResult, reference: StageResult,
-         problem: Problem, tolerance: float) -> dict:
+def _row(
+    workload: str,
+    stage: Stage,
+    result: StageResult,
+    reference: StageResult,
+    problem: Problem,
+    tolerance: float,
+) -> dict:
     """A stage's figures and its differences from the oracle's run: one row of the table."""
     curve_diff = difference(result.losses, reference.losses)
     pairs = zip(flat_params(result.params), flat_params(reference.params), strict=True)
@@ -83,8 +89,16 @@ def run_workload(workload: Workload, seed: int, steps: int, device, dtype) -> li
     rows = []
     for optimizer in dict.fromkeys(stage.optimizer for stage in workload.stages):
         reference = stages.numpy_oracle(optimizer, problem, steps, device, dtype)
-        rows.append(_row(workload.name, Stage(ORACLE, optimizer, stages.numpy_oracle, False),
-                         reference, reference, problem, tolerance))
+        rows.append(
+            _row(
+                workload.name,
+                Stage(ORACLE, optimizer, stages.numpy_oracle, False),
+                reference,
+                reference,
+                problem,
+                tolerance,
+            )
+        )
         for stage in (s for s in workload.stages if s.optimizer == optimizer):
             stage.run(optimizer, problem, 1, device, dtype)  # warm-up: one-time costs untimed
             result = stage.run(optimizer, problem, steps, device, dtype)
@@ -119,8 +133,12 @@ def save_plot(rows: list[dict], path: str) -> None:
 
     workloads = list(dict.fromkeys(r["workload"] for r in rows))
     optimizers = list(dict.fromkeys(r["optimizer"] for r in rows))
-    fig, axes = plt.subplots(len(workloads), len(optimizers), squeeze=False,
-                             figsize=(6 * len(optimizers), 4 * len(workloads)))
+    fig, axes = plt.subplots(
+        len(workloads),
+        len(optimizers),
+        squeeze=False,
+        figsize=(6 * len(optimizers), 4 * len(workloads)),
+    )
     for ax_row, workload in zip(axes, workloads):
         for ax, opt in zip(ax_row, optimizers):
             panel = [r for r in rows if (r["workload"], r["optimizer"]) == (workload, opt)]
@@ -129,8 +147,11 @@ def save_plot(rows: list[dict], path: str) -> None:
                 continue
             for r in panel:
                 ax.semilogy(r["losses"], label=r["stage"], linestyle="--" if r["gates"] else "-")
-            ax.set(title=f"{workload}: {opt}, lr {panel[0]['lr']:g}", xlabel="step",
-                   ylabel=panel[0]["loss"])
+            ax.set(
+                title=f"{workload}: {opt}, lr {panel[0]['lr']:g}",
+                xlabel="step",
+                ylabel=panel[0]["loss"],
+            )
             ax.legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(path)
@@ -150,14 +171,18 @@ def parse_args(argv) -> argparse.Namespace:
     if args.steps < 1:
         parser.error(f"--steps must be >= 1, got {args.steps}.")
     if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: no CUDA device is available to torch on this machine; "
-                     "use --device cpu, or install a CUDA build of torch on a GPU machine.")
+        parser.error(
+            "--device cuda: no CUDA device is available to torch on this machine; "
+            "use --device cpu, or install a CUDA build of torch on a GPU machine."
+        )
     if args.plot:
         try:
             import matplotlib  # noqa: F401
         except ImportError:
-            parser.error("--plot needs matplotlib, which is not installed; install the extra "
-                         "with `pip install -e '.[plot]'`, or leave out --plot.")
+            parser.error(
+                "--plot needs matplotlib, which is not installed; install the extra "
+                "with `pip install -e '.[plot]'`, or leave out --plot."
+            )
     return args
 
 
@@ -167,20 +192,29 @@ def main(argv=None, workloads=WORKLOADS) -> int:
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     if device.type == "cuda":  # IEEE float32 matmuls, as the oracle computes
         torch.backends.cuda.matmul.allow_tf32 = False
-    print(f"N={N}, sizes {D_IN}-{H}-{D_OUT}, {args.steps} steps, seed {args.seed}; torch stages in "
-          f"{args.dtype} on {args.device}. diff: rel_error max|a - b| / max(|a| + |b|) against the "
-          "numpy oracle (float64) of the same optimizer; * gates the exit code.")
+    print(
+        f"N={N}, sizes {D_IN}-{H}-{D_OUT}, {args.steps} steps, seed {args.seed}; torch stages in "
+        f"{args.dtype} on {args.device}. diff: rel_error max|a - b| / max(|a| + |b|) against the "
+        "numpy oracle (float64) of the same optimizer; * gates the exit code."
+    )
     rows = []
     for workload in workloads:
         rows += (workload_rows := run_workload(workload, args.seed, args.steps, device, dtype))
         print_table(workload, workload_rows)
-    failed = [f"{r['stage']} ({r['optimizer']}, {r['workload']})"
-              for r in rows if r["gates"] and not r["agrees"]]
+    failed = [
+        f"{r['stage']} ({r['optimizer']}, {r['workload']})"
+        for r in rows
+        if r["gates"] and not r["agrees"]
+    ]
     if args.json:
         config = {k: getattr(args, k) for k in ("steps", "device", "dtype", "seed")}
-        config.update(N=N, sizes=[D_IN, H, D_OUT], workloads={
-            w.name: {"about": w.about, "tolerance": w.tolerances[args.dtype]} for w in workloads
-        })
+        config.update(
+            N=N,
+            sizes=[D_IN, H, D_OUT],
+            workloads={
+                w.name: {"about": w.about, "tolerance": w.tolerances[args.dtype]} for w in workloads
+            },
+        )
         with open(args.json, "w") as f:
             json.dump({"config": config, "ok": not failed, "rows": rows}, f, indent=1)
     if args.plot:

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import functools
 import time
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 import torch

@@ -12,7 +12,8 @@
 from __future__ import annotations
 
 import functools
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 
@@ -108,7 +109,8 @@ def _table(*rows: tuple[str, str, Callable]) -> list[Stage]:
 
 WORKLOADS = [
     Workload(
-        "regression", "the seeds' net: no bias, summed squared error, standard-normal weights",
+        "regression",
+        "the seeds' net: no bias, summed squared error, standard-normal weights",
         regression,
         _table(
             ("torch by hand", "sgd", stages.torch_by_hand),
@@ -122,8 +124,10 @@ WORKLOADS = [
         ),
     ),
     Workload(
-        "regression + bias", "h = W1 x + b1, y = W2 a + b2 as the seeds write it; the same data "
-        "and weights as above, standard-normal b1, b2", functools.partial(regression, bias=True),
+        "regression + bias",
+        "h = W1 x + b1, y = W2 a + b2 as the seeds write it; the same data "
+        "and weights as above, standard-normal b1, b2",
+        functools.partial(regression, bias=True),
         _table(
             ("torch by hand", "sgd", stages.torch_by_hand),
             ("torch.nn", "sgd", stages.torch_nn),
@@ -133,8 +137,10 @@ WORKLOADS = [
         ),
     ),
     Workload(
-        "classification", f"{D_OUT} classes, labels argmax(x T) for a fixed random T; biases, "
-        "mean cross-entropy, torch.nn.Linear's init", classification,
+        "classification",
+        f"{D_OUT} classes, labels argmax(x T) for a fixed random T; biases, "
+        "mean cross-entropy, torch.nn.Linear's init",
+        classification,
         _table(
             ("torch.optim", "adam", stages.torch_optim),
             ("functional_nn", "adam", stages.functional),
@@ -142,5 +148,3 @@ WORKLOADS = [
         CLASSIFICATION_TOLERANCES,
     ),
 ]
-
-

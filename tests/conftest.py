@@ -17,18 +17,21 @@ def pytest_configure(config):
     if workers > 1:
         torch.set_num_threads(max(1, torch.get_num_threads() // workers))
 
+
 DEVICES = [
     "cpu",
     pytest.param(
         "cuda",
-        marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine"),
+        marks=pytest.mark.skipif(
+            not torch.cuda.is_available(), reason="no CUDA device on this machine"
+        ),
     ),
 ]
 
 
 @pytest.fixture(params=DEVICES)
 def device(request):
-    """"cpu", and "cuda" where a GPU is present. TF32 is off so float32 matmuls are IEEE."""
+    """ "cpu", and "cuda" where a GPU is present. TF32 is off so float32 matmuls are IEEE."""
     if request.param == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False

@@ -26,14 +26,28 @@ def assert_trees_close(actual, expected, rtol: float, name: str = "actual") -> f
     structure. Returns the worst relative error, so a test can report it.
     """
     actual_np, expected_np = _as_numpy(actual), _as_numpy(expected)
-    assert_same_structure(tree_map(torch.as_tensor, actual_np), tree_map(torch.as_tensor, expected_np), name, "expected")
+    assert_same_structure(
+        tree_map(torch.as_tensor, actual_np),
+        tree_map(torch.as_tensor, expected_np),
+        name,
+        "expected",
+    )
     worst = 0.0
     for i, (a, e) in enumerate(zip(tree_leaves(actual_np), tree_leaves(expected_np))):
         err = rel_error(a, e)
-        assert err <= rtol, f"{name} leaf {i} (shape {np.shape(a)}): relative error {err:.3e} > {rtol:.1e}"
+        assert err <= rtol, (
+            f"{name} leaf {i} (shape {np.shape(a)}): relative error {err:.3e} > {rtol:.1e}"
+        )
         worst = max(worst, err)
     return worst
 
 
 def _as_numpy(tree):
-    return tree_map(lambda t: t.detach().cpu().double().numpy() if isinstance(t, torch.Tensor) else np.asarray(t, dtype=np.float64), tree)
+    return tree_map(
+        lambda t: (
+            t.detach().cpu().double().numpy()
+            if isinstance(t, torch.Tensor)
+            else np.asarray(t, dtype=np.float64)
+        ),
+        tree,
+    )

@@ -17,7 +17,11 @@ from oracle import losses as olosses
 # (functional_nn activation, oracle (forward, backward)): torch's defaults, then other settings.
 ACTIVATIONS = [
     pytest.param(layers.relu, (olayers.relu_forward, olayers.relu_backward), id="relu"),
-    pytest.param(layers.leaky_relu, (olayers.leaky_relu_forward, olayers.leaky_relu_backward), id="leaky_relu"),
+    pytest.param(
+        layers.leaky_relu,
+        (olayers.leaky_relu_forward, olayers.leaky_relu_backward),
+        id="leaky_relu",
+    ),
     pytest.param(
         partial(layers.leaky_relu, negative_slope=0.2),
         (partial(olayers.leaky_relu_forward, negative_slope=0.2), olayers.leaky_relu_backward),
@@ -31,35 +35,65 @@ ACTIVATIONS = [
         (partial(olayers.gelu_forward, approximate="tanh"), olayers.gelu_backward),
         id="gelu(tanh)",
     ),
-    pytest.param(layers.softplus, (olayers.softplus_forward, olayers.softplus_backward), id="softplus"),
+    pytest.param(
+        layers.softplus, (olayers.softplus_forward, olayers.softplus_backward), id="softplus"
+    ),
     # threshold 1 puts much of the input in the linear region, so both branches are checked.
     pytest.param(
         partial(layers.softplus, beta=2.0, threshold=1.0),
         (partial(olayers.softplus_forward, beta=2.0, threshold=1.0), olayers.softplus_backward),
         id="softplus(2,1)",
     ),
-    pytest.param(layers.identity, (olayers.identity_forward, olayers.identity_backward), id="identity"),
+    pytest.param(
+        layers.identity, (olayers.identity_forward, olayers.identity_backward), id="identity"
+    ),
 ]
 
 # (functional_nn loss, oracle loss, torch.nn.functional reference, target kind).
 LOSSES = [
-    pytest.param(losses.sse, olosses.sse, partial(F.mse_loss, reduction="sum"), "regression", id="sse"),
+    pytest.param(
+        losses.sse, olosses.sse, partial(F.mse_loss, reduction="sum"), "regression", id="sse"
+    ),
     pytest.param(losses.mse, olosses.mse, F.mse_loss, "regression", id="mse"),
     pytest.param(losses.l1, olosses.l1, F.l1_loss, "regression", id="l1"),
     pytest.param(
-        partial(losses.huber, delta=0.5), partial(olosses.huber, delta=0.5), partial(F.huber_loss, delta=0.5),
-        "regression", id="huber(0.5)",
+        partial(losses.huber, delta=0.5),
+        partial(olosses.huber, delta=0.5),
+        partial(F.huber_loss, delta=0.5),
+        "regression",
+        id="huber(0.5)",
     ),
-    pytest.param(losses.cross_entropy, olosses.cross_entropy, F.cross_entropy, "labels", id="cross_entropy(labels)"),
-    pytest.param(losses.cross_entropy, olosses.cross_entropy, F.cross_entropy, "probs", id="cross_entropy(probs)"),
     pytest.param(
-        losses.binary_cross_entropy_with_logits, olosses.binary_cross_entropy_with_logits,
-        F.binary_cross_entropy_with_logits, "binary", id="bce_with_logits",
+        losses.cross_entropy,
+        olosses.cross_entropy,
+        F.cross_entropy,
+        "labels",
+        id="cross_entropy(labels)",
+    ),
+    pytest.param(
+        losses.cross_entropy,
+        olosses.cross_entropy,
+        F.cross_entropy,
+        "probs",
+        id="cross_entropy(probs)",
+    ),
+    pytest.param(
+        losses.binary_cross_entropy_with_logits,
+        olosses.binary_cross_entropy_with_logits,
+        F.binary_cross_entropy_with_logits,
+        "binary",
+        id="bce_with_logits",
     ),
 ]
 
 SUM_LOSSES = [  # the same losses with reduction="sum", where torch has the option
-    pytest.param(partial(fn, reduction="sum"), partial(ofn, reduction="sum"), partial(ref, reduction="sum"), kind, id=f"{case.id}-sum")
+    pytest.param(
+        partial(fn, reduction="sum"),
+        partial(ofn, reduction="sum"),
+        partial(ref, reduction="sum"),
+        kind,
+        id=f"{case.id}-sum",
+    )
     for case in LOSSES[1:]
     for fn, ofn, ref, kind in [case.values]
 ]

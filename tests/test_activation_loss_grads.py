@@ -32,7 +32,9 @@ def _problem(kind: str, device):
 
 def _central_differences(value, params_np):
     """d value / d params by central differences, leaf by leaf (value reads params_np)."""
-    return [{k: numerical_gradient(value, leaf) for k, leaf in layer.items()} for layer in params_np]
+    return [
+        {k: numerical_gradient(value, leaf) for k, leaf in layer.items()} for layer in params_np
+    ]
 
 
 def gradient_errors(act, oracle_act, loss, oracle_loss, kind, device) -> dict[str, float]:
@@ -42,18 +44,32 @@ def gradient_errors(act, oracle_act, loss, oracle_loss, kind, device) -> dict[st
     x, target = torch.tensor(x_np, device=device), target_to_torch(target_np, device)
 
     grads, value = torch.func.grad_and_value(lambda p: loss(net(p, x), target))(params)
-    oracle_value, oracle_grads = loss_and_grads(to_numpy(params), x_np, target_np, oracle_loss, oracle_act)
+    oracle_value, oracle_grads = loss_and_grads(
+        to_numpy(params), x_np, target_np, oracle_loss, oracle_act
+    )
 
     p_np = to_numpy(params)
-    oracle_fd = _central_differences(lambda: loss_and_grads(p_np, x_np, target_np, oracle_loss, oracle_act)[0], p_np)
+    oracle_fd = _central_differences(
+        lambda: loss_and_grads(p_np, x_np, target_np, oracle_loss, oracle_act)[0], p_np
+    )
     q_np = to_numpy(params)
-    ours_fd = _central_differences(lambda: float(loss(net(to_torch(q_np, device=device), x), target)), q_np)
+    ours_fd = _central_differences(
+        lambda: float(loss(net(to_torch(q_np, device=device), x), target)), q_np
+    )
 
     return {
-        "value": assert_trees_close(value, np.array(oracle_value), rtol=1e-12, name="loss vs oracle"),
-        "oracle vs fd": assert_trees_close(oracle_grads, oracle_fd, rtol=1e-6, name="oracle vs central differences"),
-        "grad vs oracle": assert_trees_close(grads, oracle_grads, rtol=1e-9, name="torch.func.grad vs oracle"),
-        "grad vs fd": assert_trees_close(grads, ours_fd, rtol=1e-6, name="torch.func.grad vs central differences"),
+        "value": assert_trees_close(
+            value, np.array(oracle_value), rtol=1e-12, name="loss vs oracle"
+        ),
+        "oracle vs fd": assert_trees_close(
+            oracle_grads, oracle_fd, rtol=1e-6, name="oracle vs central differences"
+        ),
+        "grad vs oracle": assert_trees_close(
+            grads, oracle_grads, rtol=1e-9, name="torch.func.grad vs oracle"
+        ),
+        "grad vs fd": assert_trees_close(
+            grads, ours_fd, rtol=1e-6, name="torch.func.grad vs central differences"
+        ),
     }
 
 

@@ -17,14 +17,16 @@ import torch
 
 # bench.py imports its sibling bench_cases, as it does when run as `python scripts/bench.py`.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-import bench  # noqa: E402
-import bench_cases  # noqa: E402
+import bench
+import bench_cases
 
 TINY = bench_cases.Sizes(n=8, d_in=30, h=12, d_out=3)
 NAMES = [c.name for c in bench.CONTENDERS]
 # The only n/a cells: the by-hand loop has no Adam, and --no-compile leaves out (b).
 NOT_AVAILABLE = {
-    ("sgd", "fit(compile=True)"), ("adam", "fit(compile=True)"), ("adam", "torch by hand"),
+    ("sgd", "fit(compile=True)"),
+    ("adam", "fit(compile=True)"),
+    ("adam", "torch by hand"),
 }
 RTOL = 1e-12  # ratios are one float division of the reported figures
 
@@ -114,7 +116,9 @@ def test_update_table_has_every_optimizer_at_every_size_and_consistent_ratios(qu
         # torch has no fused RMSprop, Adamax, NAdam or RAdam: those say so, the rest all run.
         assert set(us) | set(r["notes"]) == set(names) and set(r["notes"]) <= {"torch.optim fused"}
         assert (r["optimizer"] in ("rmsprop", "adamax", "nadam", "radam")) == bool(r["notes"]), r
-        assert r["steps"] == max(2, bench.QUICK.update_steps * bench.QUICK.update_sizes[0] // r["size"])
+        assert r["steps"] == max(
+            2, bench.QUICK.update_steps * bench.QUICK.update_sizes[0] // r["size"]
+        )
         for name, t in us.items():
             assert _positive(t), (r, name)
             for base in r["vs"]:
@@ -146,14 +150,21 @@ def test_timed_steps_counts_the_page_faults_and_peak_rss_of_fresh_memory():
 
 
 def test_measure_takes_the_median_of_each_figure_of_dict_runs():
-    samples = iter([{"s": 9.0, "f": 0}, {"s": 1.0, "f": 4}, {"s": 3.0, "f": 2}, {"s": 2.0, "f": None}])
+    samples = iter(
+        [{"s": 9.0, "f": 0}, {"s": 1.0, "f": 4}, {"s": 3.0, "f": 2}, {"s": 2.0, "f": None}]
+    )
     medians = bench.measure({"a": bench_cases.Prepared(lambda: next(samples))}, repeats=3)
     assert medians == {"a": {"s": 2.0, "f": None}}  # the warm-up's 9 left out; None wins
 
 
 def test_only_runs_the_parts_asked_for(tmp_path):
-    out, printed = _run(tmp_path, "--no-compile", "--only", "updates",
-                        settings=bench.QUICK._replace(update_sizes=(1_000,)))
+    out, _printed = _run(
+        tmp_path,
+        "--no-compile",
+        "--only",
+        "updates",
+        settings=bench.QUICK._replace(update_sizes=(1_000,)),
+    )
     assert "updates" in out and not {"seed", "sweep", "ensembles"} & set(out)
     assert {r["size"] for r in out["updates"]} == {1_000}
 

@@ -62,7 +62,10 @@ def rising_problem():
     monotonically away from w0 along every eigen-direction, so the loss on targets made by w0
     itself rises at every step: the best evaluation is the first."""
     g = torch.Generator().manual_seed(0)
-    x, y = torch.randn(12, 3, generator=g, dtype=torch.float64), torch.randn(12, 1, generator=g, dtype=torch.float64)
+    x, y = (
+        torch.randn(12, 3, generator=g, dtype=torch.float64),
+        torch.randn(12, 1, generator=g, dtype=torch.float64),
+    )
     params = NET.init(0, dtype=torch.float64)
     return params, x, y, (x, NET.apply(params, x))
 
@@ -70,12 +73,31 @@ def rising_problem():
 def test_early_stopping_ends_a_fit_whose_validation_loss_only_rises():
     params, x, y, val = rising_problem()
     stopper = fnn.EarlyStopping(patience=2)
-    r = fnn.fit(params, x, y, optim.sgd(1e-3), model=NET, steps=50, val=val, eval_every=1, callbacks=[stopper])
+    r = fnn.fit(
+        params,
+        x,
+        y,
+        optim.sgd(1e-3),
+        model=NET,
+        steps=50,
+        val=val,
+        eval_every=1,
+        callbacks=[stopper],
+    )
     assert bool((r.val_losses[1:] > r.val_losses[:-1]).all())
-    assert (r.steps, r.stop_reason, stopper.stopped_step, stopper.best_step) == (3, "callback", 3, 1)
-    assert_trees_close(stopper.best_params, fnn.fit(params, x, y, optim.sgd(1e-3), model=NET, steps=1).params, 0.0)
+    assert (r.steps, r.stop_reason, stopper.stopped_step, stopper.best_step) == (
+        3,
+        "callback",
+        3,
+        1,
+    )
+    assert_trees_close(
+        stopper.best_params, fnn.fit(params, x, y, optim.sgd(1e-3), model=NET, steps=1).params, 0.0
+    )
     # Without restore_best the result holds the last params, those of the stopping step.
-    assert_trees_close(r.params, fnn.fit(params, x, y, optim.sgd(1e-3), model=NET, steps=3).params, 0.0)
+    assert_trees_close(
+        r.params, fnn.fit(params, x, y, optim.sgd(1e-3), model=NET, steps=3).params, 0.0
+    )
 
 
 def test_restore_best_returns_the_best_params_and_the_last_opt_state():
@@ -91,12 +113,37 @@ def test_restore_best_returns_the_best_params_and_the_last_opt_state():
 def test_a_reused_early_stopping_starts_each_fit_afresh():
     params, x, y, val = rising_problem()
     stopper = fnn.EarlyStopping(patience=2)
-    first = fnn.fit(params, x, y, optim.sgd(1e-3), model=NET, steps=50, val=val, eval_every=1, callbacks=[stopper])
+    first = fnn.fit(
+        params,
+        x,
+        y,
+        optim.sgd(1e-3),
+        model=NET,
+        steps=50,
+        val=val,
+        eval_every=1,
+        callbacks=[stopper],
+    )
     first_best = stopper.best_loss
     assert first.stop_reason == "callback"
     # On the training data the loss falls at every step, but never to the first fit's best (the
     # loss near w0's own targets): a stopper that remembered it would stop after 2 evaluations.
-    second = fnn.fit(params, x, y, optim.sgd(1e-3), model=NET, steps=6, val=(x, y), eval_every=1, callbacks=[stopper])
+    second = fnn.fit(
+        params,
+        x,
+        y,
+        optim.sgd(1e-3),
+        model=NET,
+        steps=6,
+        val=(x, y),
+        eval_every=1,
+        callbacks=[stopper],
+    )
     assert bool((second.val_losses[1:] < second.val_losses[:-1]).all())
     assert float(second.val_losses.min()) > first_best
-    assert (second.steps, second.stop_reason, stopper.stopped_step, stopper.best_step) == (6, "done", None, 6)
+    assert (second.steps, second.stop_reason, stopper.stopped_step, stopper.best_step) == (
+        6,
+        "done",
+        None,
+        6,
+    )

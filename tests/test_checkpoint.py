@@ -46,7 +46,9 @@ def test_a_checkpoint_round_trips_exactly(tmp_path, device):
         optim.sgd(1e-3, momentum=0.9).init(params),
         optim.adam(1e-3, amsgrad=True).init(params),
         optim.adam(1e-3).init(params),
-        CountState(torch.tensor(7, device=device), [torch.ones(3, dtype=torch.float16, device=device)]),
+        CountState(
+            torch.tensor(7, device=device), [torch.ones(3, dtype=torch.float16, device=device)]
+        ),
     )
     meta = {"steps": 120, "seed": 3, "lr": 1e-3, "note": "run A", "sizes": [4, 6, 2], "extra": None}
     checkpoint.save(tmp_path / "ck.pt", params, states, **meta)
@@ -54,7 +56,9 @@ def test_a_checkpoint_round_trips_exactly(tmp_path, device):
     assert loaded.meta == meta
     assert [type(s) for s in loaded.opt_state] == [type(s) for s in states]
     assert [type(s) for s in loaded.opt_state[0]] == [type(s) for s in states[0]]
-    for got, want in zip(tree_leaves((loaded.params, loaded.opt_state)), tree_leaves((params, states))):
+    for got, want in zip(
+        tree_leaves((loaded.params, loaded.opt_state)), tree_leaves((params, states))
+    ):
         assert (got is None and want is None) or (
             got.dtype == want.dtype and got.device == want.device and torch.equal(got, want)
         )
@@ -64,7 +68,9 @@ def test_map_location_moves_the_tensors(tmp_path, device):
     params, _, _ = problem(device)
     checkpoint.save(tmp_path / "ck.pt", params)
     loaded = checkpoint.load(tmp_path / "ck.pt", map_location="cpu")
-    assert all(t.device.type == "cpu" for t in tree_leaves(loaded.params)) and loaded.opt_state is None
+    assert (
+        all(t.device.type == "cpu" for t in tree_leaves(loaded.params)) and loaded.opt_state is None
+    )
     assert_trees_close(loaded.params, params, 0.0)
 
 
@@ -85,8 +91,12 @@ class Payload:
 
 def test_load_never_runs_code_from_the_file(tmp_path):
     marker = str(tmp_path / "ran.txt")
-    torch.save({"format": checkpoint.FORMAT, "version": 1, "params": Payload(marker)}, tmp_path / "evil.pt")
-    with pytest.raises(ValueError, match=r"evil.pt' is not a checkpoint a safe \(weights_only\) load can read"):
+    torch.save(
+        {"format": checkpoint.FORMAT, "version": 1, "params": Payload(marker)}, tmp_path / "evil.pt"
+    )
+    with pytest.raises(
+        ValueError, match=r"evil.pt' is not a checkpoint a safe \(weights_only\) load can read"
+    ):
         checkpoint.load(tmp_path / "evil.pt")
     assert not os.path.exists(marker)
 
@@ -123,18 +133,39 @@ def write_bytes(tmp_path, name, data: bytes):
 def test_bad_checkpoint_files_get_clear_errors(tmp_path):
     checkpoint.save(tmp_path / "good.pt", NET.init(0))
     whole = (tmp_path / "good.pt").read_bytes()
-    with pytest.raises(FileNotFoundError, match=r"no checkpoint file at '.*missing.pt'; check the path"):
+    with pytest.raises(
+        FileNotFoundError, match=r"no checkpoint file at '.*missing.pt'; check the path"
+    ):
         checkpoint.load(tmp_path / "missing.pt")
-    for name, data in [("half.pt", whole[: len(whole) // 2]), ("last-byte.pt", whole[:-1]), ("empty.pt", b"")]:
-        with pytest.raises(ValueError, match=rf"{name}' cannot be read as a checkpoint: the file is truncated, corrupt"):
+    for name, data in [
+        ("half.pt", whole[: len(whole) // 2]),
+        ("last-byte.pt", whole[:-1]),
+        ("empty.pt", b""),
+    ]:
+        with pytest.raises(
+            ValueError,
+            match=rf"{name}' cannot be read as a checkpoint: the file is truncated, corrupt",
+        ):
             checkpoint.load(write_bytes(tmp_path, name, data))
-    with pytest.raises(ValueError, match=r"notes.txt' cannot be read as a checkpoint: the file is truncated, corrupt or not a torch file"):
+    with pytest.raises(
+        ValueError,
+        match=r"notes.txt' cannot be read as a checkpoint: the file is truncated, corrupt or not a torch file",
+    ):
         checkpoint.load(write_bytes(tmp_path, "notes.txt", b"epoch 3: loss 0.25\n"))
     torch.save(torch.nn.Linear(4, 2).state_dict(), tmp_path / "state_dict.pt")
-    with pytest.raises(ValueError, match=r"is not a functional_nn checkpoint \(it holds a dict with keys \['weight', 'bias'\]\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"is not a functional_nn checkpoint \(it holds a dict with keys \['weight', 'bias'\]\)",
+    ):
         checkpoint.load(tmp_path / "state_dict.pt")
-    torch.save({"format": checkpoint.FORMAT, "version": 99, "params": {}, "opt_state": None, "meta": {}}, tmp_path / "v99.pt")
-    with pytest.raises(ValueError, match=r"is a checkpoint of format version 99; this functional_nn reads versions 1, 2"):
+    torch.save(
+        {"format": checkpoint.FORMAT, "version": 99, "params": {}, "opt_state": None, "meta": {}},
+        tmp_path / "v99.pt",
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"is a checkpoint of format version 99; this functional_nn reads versions 1, 2",
+    ):
         checkpoint.load(tmp_path / "v99.pt")
 
 
@@ -143,12 +174,21 @@ RESUMES = [
     ("full-batch-sgd", dict(opt=lambda: optim.sgd(1e-3, momentum=0.9)), 10, 3),
     ("minibatch-adam-mid-epoch", dict(opt=lambda: optim.adam(1e-2), batch_size=6), 10, 5),
     ("minibatch-adam-epoch-end", dict(opt=lambda: optim.adam(1e-2), batch_size=6), 10, 8),
-    ("ordered-sgd-val", dict(opt=lambda: optim.sgd(1e-3), batch_size=7, shuffle=False, eval_every=2), 9, 4),
-]  # fmt: skip
+    (
+        "ordered-sgd-val",
+        dict(opt=lambda: optim.sgd(1e-3), batch_size=7, shuffle=False, eval_every=2),
+        9,
+        4,
+    ),
+]
 
 
-@pytest.mark.parametrize("kwargs, total, cut", [r[1:] for r in RESUMES], ids=[r[0] for r in RESUMES])
-def test_a_fit_resumed_from_a_checkpoint_equals_one_never_interrupted(kwargs, total, cut, tmp_path, device):
+@pytest.mark.parametrize(
+    "kwargs, total, cut", [r[1:] for r in RESUMES], ids=[r[0] for r in RESUMES]
+)
+def test_a_fit_resumed_from_a_checkpoint_equals_one_never_interrupted(
+    kwargs, total, cut, tmp_path, device
+):
     params, x, y = problem(device)
     _, xv, yv = problem(device, n=7)
     kwargs = dict(kwargs, model=NET, seed=5, val=(xv, yv))
@@ -157,12 +197,22 @@ def test_a_fit_resumed_from_a_checkpoint_equals_one_never_interrupted(kwargs, to
     first = fnn.fit(params, x, y, make_opt(), steps=cut, **kwargs)
     checkpoint.save(tmp_path / "ck.pt", first.params, first.opt_state, steps=first.steps)
     c = checkpoint.load(tmp_path / "ck.pt")
-    rest = fnn.fit(c.params, x, y, make_opt(), steps=total - cut, opt_state=c.opt_state,
-                   start_step=c.meta["steps"], **kwargs)  # fmt: skip
+    rest = fnn.fit(
+        c.params,
+        x,
+        y,
+        make_opt(),
+        steps=total - cut,
+        opt_state=c.opt_state,
+        start_step=c.meta["steps"],
+        **kwargs,
+    )
     rtol = 0.0 if device.type == "cpu" else 1e-12  # bitwise is promised on CPU
     assert rest.steps == whole.steps == total
-    state_tensors = lambda r: [t for t in tree_leaves(r.opt_state) if isinstance(t, torch.Tensor)]  # noqa: E731
-    assert_trees_close((rest.params, state_tensors(rest)), (whole.params, state_tensors(whole)), rtol, "resumed")
+    state_tensors = lambda r: [t for t in tree_leaves(r.opt_state) if isinstance(t, torch.Tensor)]
+    assert_trees_close(
+        (rest.params, state_tensors(rest)), (whole.params, state_tensors(whole)), rtol, "resumed"
+    )
     assert_trees_close(torch.cat([first.losses, rest.losses]), whole.losses, rtol, "losses")
     later = [i for i, s in enumerate(whole.val_steps) if s > cut]
     assert rest.val_steps == tuple(whole.val_steps[i] for i in later)
@@ -229,17 +279,63 @@ W = torch.arange(6.0).reshape(2, 3)
 
 # (id, params, opt_state, meta, the path the message names, the fix it suggests)
 REFUSED = [
-    ("numpy-scalar-in-meta", [{"w": W}], None, dict(lr=np.float64(0.1)), r"meta\.lr is np\.float64\(0\.1\)", r"a\.item\(\)"),
-    ("numpy-array-in-params", [{"weight": np.zeros((2, 3))}], None, {}, r"params\.0\.weight is array\(", r"torch\.from_numpy\(a\)"),
-    ("lambda-in-meta", {"w": W}, None, dict(schedule=lambda s: 0.1), r"meta\.schedule is <function <lambda>", "plain Python values"),
-    ("object-in-state", {"w": W}, (W, {"x": Opaque()}), {}, r"opt_state\.1\.x is <tests\.test_checkpoint\.Opaque", "plain Python values"),
-    ("unregistered-class", {"w": W}, UnregisteredState(W), {}, r"opt_state is tests\.test_checkpoint\.UnregisteredState, a class load cannot read back until it is registered", r"checkpoint\.register\(UnregisteredState\)"),
-    ("unregistered-attrs", [{"w": W}], None, dict(best=[UnregisteredAttrs(W)]), r"meta\.best\.0 is tests\.test_checkpoint\.UnregisteredAttrs, a class", r"checkpoint\.register\(UnregisteredAttrs\)"),
-]  # fmt: skip
+    (
+        "numpy-scalar-in-meta",
+        [{"w": W}],
+        None,
+        dict(lr=np.float64(0.1)),
+        r"meta\.lr is np\.float64\(0\.1\)",
+        r"a\.item\(\)",
+    ),
+    (
+        "numpy-array-in-params",
+        [{"weight": np.zeros((2, 3))}],
+        None,
+        {},
+        r"params\.0\.weight is array\(",
+        r"torch\.from_numpy\(a\)",
+    ),
+    (
+        "lambda-in-meta",
+        {"w": W},
+        None,
+        dict(schedule=lambda s: 0.1),
+        r"meta\.schedule is <function <lambda>",
+        "plain Python values",
+    ),
+    (
+        "object-in-state",
+        {"w": W},
+        (W, {"x": Opaque()}),
+        {},
+        r"opt_state\.1\.x is <tests\.test_checkpoint\.Opaque",
+        "plain Python values",
+    ),
+    (
+        "unregistered-class",
+        {"w": W},
+        UnregisteredState(W),
+        {},
+        r"opt_state is tests\.test_checkpoint\.UnregisteredState, a class load cannot read back until it is registered",
+        r"checkpoint\.register\(UnregisteredState\)",
+    ),
+    (
+        "unregistered-attrs",
+        [{"w": W}],
+        None,
+        dict(best=[UnregisteredAttrs(W)]),
+        r"meta\.best\.0 is tests\.test_checkpoint\.UnregisteredAttrs, a class",
+        r"checkpoint\.register\(UnregisteredAttrs\)",
+    ),
+]
 
 
-@pytest.mark.parametrize("params, opt_state, meta, where, fix", [r[1:] for r in REFUSED], ids=[r[0] for r in REFUSED])
-def test_save_refuses_what_load_could_not_read_and_keeps_the_old_file(params, opt_state, meta, where, fix, tmp_path):
+@pytest.mark.parametrize(
+    "params, opt_state, meta, where, fix", [r[1:] for r in REFUSED], ids=[r[0] for r in REFUSED]
+)
+def test_save_refuses_what_load_could_not_read_and_keeps_the_old_file(
+    params, opt_state, meta, where, fix, tmp_path
+):
     path = tmp_path / "ck.pt"
     checkpoint.save(path, {"w": W}, steps=1)
     before = path.read_bytes()
@@ -258,7 +354,9 @@ def test_save_accepts_exactly_what_load_accepts(tmp_path):
     with pytest.raises(TypeError, match=r"meta\.tag is <tests\.test_checkpoint\.Opaque"):
         checkpoint.save(path, {"w": W}, tag=Opaque(4))
     with pytest.raises(ValueError, match="a safe \\(weights_only\\) load can read"):
-        checkpoint.load(path)  # the file saved under the allowlist is refused without it, as save was
+        checkpoint.load(
+            path
+        )  # the file saved under the allowlist is refused without it, as save was
 
 
 def test_registered_user_states_round_trip_and_are_pytrees(tmp_path):
@@ -267,9 +365,15 @@ def test_registered_user_states_round_trip_and_are_pytrees(tmp_path):
     assert len(tree_leaves(state)) == 4  # registered: pytree nodes, their tensors are the leaves
     checkpoint.save(tmp_path / "ck.pt", {"w": W}, state)
     got = checkpoint.load(tmp_path / "ck.pt").opt_state
-    assert type(got[0]) is UserState and type(got[1]) is UserAttrsState and type(got[1].inner) is UserState
+    assert (
+        type(got[0]) is UserState
+        and type(got[1]) is UserAttrsState
+        and type(got[1].inner) is UserState
+    )
     assert_trees_close(got, state, 0.0)
-    plain = torch.load(tmp_path / "ck.pt", weights_only=True)  # torch's own safe load takes them too
+    plain = torch.load(
+        tmp_path / "ck.pt", weights_only=True
+    )  # torch's own safe load takes them too
     assert type(plain["opt_state"][1]) is UserAttrsState
 
 
@@ -278,7 +382,9 @@ def test_a_registered_attrs_state_with_private_fields_is_a_pytree_and_round_trip
     assert checkpoint.register(PrivateFieldsState) is PrivateFieldsState  # a second time: harmless
     doubled = tree_map(lambda t: 2 * t, state)
     assert type(doubled) is PrivateFieldsState
-    assert torch.equal(doubled._count, torch.tensor([2.0, 4.0])) and torch.equal(doubled.trace, torch.tensor(10))
+    assert torch.equal(doubled._count, torch.tensor([2.0, 4.0])) and torch.equal(
+        doubled.trace, torch.tensor(10)
+    )
     checkpoint.save(tmp_path / "ck.pt", {"w": W}, state)
     got = checkpoint.load(tmp_path / "ck.pt").opt_state
     assert type(got) is PrivateFieldsState
@@ -291,14 +397,23 @@ def test_register_refuses_what_it_cannot_register(tmp_path):
 
     with pytest.raises(TypeError, match=r"defined inside a function.*define it at module level"):
         checkpoint.register(Local)
-    with pytest.raises(TypeError, match=r"takes a NamedTuple or an attrs class; got tests\.test_checkpoint\.Opaque"):
+    with pytest.raises(
+        TypeError, match=r"takes a NamedTuple or an attrs class; got tests\.test_checkpoint\.Opaque"
+    ):
         checkpoint.register(Opaque)
     with pytest.raises(TypeError, match=r"register takes a class; got 3"):
         checkpoint.register(3)
-    with pytest.raises(TypeError, match=r"DerivedFieldState, whose fields \['total'\] are not arguments of its __init__"):
+    with pytest.raises(
+        TypeError,
+        match=r"DerivedFieldState, whose fields \['total'\] are not arguments of its __init__",
+    ):
         checkpoint.register(DerivedFieldState)
-    with pytest.raises(TypeError, match=r"opt_state is tests\.test_checkpoint\.DerivedFieldState, a class"):
-        checkpoint.save(tmp_path / "ck.pt", {"w": W}, DerivedFieldState(W))  # so it stays unregistered
+    with pytest.raises(
+        TypeError, match=r"opt_state is tests\.test_checkpoint\.DerivedFieldState, a class"
+    ):
+        checkpoint.save(
+            tmp_path / "ck.pt", {"w": W}, DerivedFieldState(W)
+        )  # so it stays unregistered
 
 
 # --- checksums ---
@@ -307,7 +422,11 @@ def test_register_refuses_what_it_cannot_register(tmp_path):
 def tensor_record(path):
     """(offset, length) of the one tensor data record in a torch zip file."""
     with zipfile.ZipFile(path) as z:
-        [info] = [i for i in z.infolist() if "/data/" in i.filename and i.filename.split("/")[-1].isdigit()]
+        [info] = [
+            i
+            for i in z.infolist()
+            if "/data/" in i.filename and i.filename.split("/")[-1].isdigit()
+        ]
     with open(path, "rb") as f:  # the data starts after the local header, whose extra field pads it
         f.seek(info.header_offset)
         header = f.read(30)
@@ -326,17 +445,27 @@ def test_a_flipped_bit_in_a_tensor_is_a_checksum_error(tmp_path):
     path.write_bytes(bytes(data))
     silently = torch.load(path, weights_only=True)["params"]["layer"]["w"]  # torch checks no CRC
     assert not torch.equal(silently, w) and (silently != w).sum() == 1
-    with pytest.raises(ValueError, match=r"ck.pt' fails its checksum at params\.layer\.w \(float64\[64\]\)"):
+    with pytest.raises(
+        ValueError, match=r"ck.pt' fails its checksum at params\.layer\.w \(float64\[64\]\)"
+    ):
         checkpoint.load(path)
 
 
 def test_version_1_files_load_without_a_checksum_check(tmp_path):
-    payload = {"format": checkpoint.FORMAT, "version": 1, "params": {"w": W}, "opt_state": None, "meta": {"steps": 4}}
+    payload = {
+        "format": checkpoint.FORMAT,
+        "version": 1,
+        "params": {"w": W},
+        "opt_state": None,
+        "meta": {"steps": 4},
+    }
     torch.save(payload, tmp_path / "v1.pt")
     got = checkpoint.load(tmp_path / "v1.pt")
     assert got.meta == {"steps": 4} and torch.equal(got.params["w"], W)
     torch.save(dict(payload, version=2), tmp_path / "v2-without-sums.pt")
-    with pytest.raises(ValueError, match=r"fails its checksum check: it holds 1 tensors but records no checksums"):
+    with pytest.raises(
+        ValueError, match=r"fails its checksum check: it holds 1 tensors but records no checksums"
+    ):
         checkpoint.load(tmp_path / "v2-without-sums.pt")
 
 
@@ -346,8 +475,12 @@ def test_version_1_files_load_without_a_checksum_check(tmp_path):
 def test_save_fsyncs_the_file_before_the_rename_and_the_directory_after(tmp_path, monkeypatch):
     calls = []
     real_fsync, real_replace = os.fsync, os.replace
-    monkeypatch.setattr(os, "fsync", lambda fd: (calls.append(("fsync", os.fstat(fd).st_ino)), real_fsync(fd)))
-    monkeypatch.setattr(os, "replace", lambda a, b: (calls.append(("replace",)), real_replace(a, b)))
+    monkeypatch.setattr(
+        os, "fsync", lambda fd: (calls.append(("fsync", os.fstat(fd).st_ino)), real_fsync(fd))
+    )
+    monkeypatch.setattr(
+        os, "replace", lambda a, b: (calls.append(("replace",)), real_replace(a, b))
+    )
     checkpoint.save(tmp_path / "ck.pt", {"w": W})
     monkeypatch.undo()
     file_ino, dir_ino = os.stat(tmp_path / "ck.pt").st_ino, os.stat(tmp_path).st_ino
@@ -372,7 +505,13 @@ def test_a_save_killed_mid_write_leaves_a_temp_that_the_next_save_removes(tmp_pa
     checkpoint.save(path, {"w": W}, steps=1)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    child = subprocess.Popen([sys.executable, "-c", KILLED_SAVE, str(path)], stdout=subprocess.PIPE, text=True, env=env, cwd=root)
+    child = subprocess.Popen(
+        [sys.executable, "-c", KILLED_SAVE, str(path)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=root,
+    )
     try:
         assert child.stdout.readline() == "writing\n"
     finally:
@@ -399,18 +538,25 @@ def test_a_save_killed_mid_write_leaves_a_temp_that_the_next_save_removes(tmp_pa
     assert all((tmp_path / name).read_bytes() == b"keep me" for name in survivors)
 
 
-@pytest.mark.filterwarnings("ignore:Validating sparse tensor invariants")  # torch 2.14 says it costs O(nnz)
+@pytest.mark.filterwarnings(
+    "ignore:Validating sparse tensor invariants"
+)  # torch 2.14 says it costs O(nnz)
 def test_tensors_without_a_byte_buffer_round_trip(tmp_path):
     """Sparse and meta tensors have no plain bytes to hash: their dtype and shape are checked."""
     sparse, meta = torch.eye(3, dtype=torch.float64).to_sparse(), torch.empty(2, 5, device="meta")
     checkpoint.save(tmp_path / "ck.pt", {"sparse": sparse, "meta": meta})
     got = checkpoint.load(tmp_path / "ck.pt").params
-    assert torch.equal(got["sparse"].to_dense(), sparse.to_dense()) and got["sparse"].layout == torch.sparse_coo
+    assert (
+        torch.equal(got["sparse"].to_dense(), sparse.to_dense())
+        and got["sparse"].layout == torch.sparse_coo
+    )
     assert got["meta"].is_meta and got["meta"].shape == (2, 5)
 
 
 def test_save_into_a_missing_directory_names_it(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"save: the directory of '.*nowhere/ck.pt' does not exist"):
+    with pytest.raises(
+        FileNotFoundError, match=r"save: the directory of '.*nowhere/ck.pt' does not exist"
+    ):
         checkpoint.save(tmp_path / "nowhere" / "ck.pt", {"w": W})
 
 

@@ -19,18 +19,30 @@ ROOT = Path(__file__).resolve().parents[1]
 STEPS = 5  # enough for Adam's bias corrections and SGD's decay to show; cheap enough to run often
 ROWS = {  # (workload, stage, optimizer); each optimizer's oracle row is always there
     "regression": {
-        ("numpy by hand (oracle)", "sgd"), ("torch by hand", "sgd"), ("torch autograd", "sgd"),
-        ("torch.nn", "sgd"), ("torch.optim", "sgd"), ("functional_nn", "sgd"),
-        ("numpy by hand (oracle)", "adam"), ("torch.optim", "adam"), ("nn.Module", "adam"),
+        ("numpy by hand (oracle)", "sgd"),
+        ("torch by hand", "sgd"),
+        ("torch autograd", "sgd"),
+        ("torch.nn", "sgd"),
+        ("torch.optim", "sgd"),
+        ("functional_nn", "sgd"),
+        ("numpy by hand (oracle)", "adam"),
+        ("torch.optim", "adam"),
+        ("nn.Module", "adam"),
         ("functional_nn", "adam"),
     },
     "regression + bias": {
-        ("numpy by hand (oracle)", "sgd"), ("torch by hand", "sgd"), ("torch.nn", "sgd"),
-        ("functional_nn", "sgd"), ("numpy by hand (oracle)", "adam"), ("torch.optim", "adam"),
+        ("numpy by hand (oracle)", "sgd"),
+        ("torch by hand", "sgd"),
+        ("torch.nn", "sgd"),
+        ("functional_nn", "sgd"),
+        ("numpy by hand (oracle)", "adam"),
+        ("torch.optim", "adam"),
         ("functional_nn", "adam"),
     },
     "classification": {
-        ("numpy by hand (oracle)", "adam"), ("torch.optim", "adam"), ("functional_nn", "adam"),
+        ("numpy by hand (oracle)", "adam"),
+        ("torch.optim", "adam"),
+        ("functional_nn", "adam"),
     },
 }
 WORKLOADS = {w.name: w for w in workloads.WORKLOADS}
@@ -73,8 +85,10 @@ def _perturbed(stage, what: str):
         if what == "losses":
             return result._replace(losses=result.losses * (1 + 1e-6))
         key = {"weights": "weight", "biases": "bias"}[what]
-        params = [{k: v * (1 + 1e-6) if k == key else v for k, v in layer.items()}
-                  for layer in result.params]
+        params = [
+            {k: v * (1 + 1e-6) if k == key else v for k, v in layer.items()}
+            for layer in result.params
+        ]
         return result._replace(params=params)
 
     return stage._replace(run=run)
@@ -117,8 +131,10 @@ def test_classification_reports_the_training_accuracy(tmp_path):
     assert compare.accuracy(problem.params, problem) <= 0.3  # the initial params: near chance, 0.1
     # 40 steps fit the 64 labels in float64 (measured: 61% right after 10 steps, 98% after 20)
     path = tmp_path / "out.json"
-    code = compare.main(["--steps", "40", "--json", str(path)], workloads=_only(
-        "classification", ("torch.optim", "adam"), ("functional_nn", "adam")))
+    code = compare.main(
+        ["--steps", "40", "--json", str(path)],
+        workloads=_only("classification", ("torch.optim", "adam"), ("functional_nn", "adam")),
+    )
     rows = json.loads(path.read_text())["rows"]
     assert code == 0 and [r["accuracy"] for r in rows] == [1.0, 1.0, 1.0]
     code, out = _run(tmp_path, chosen=_only("regression", ("functional_nn", "sgd")))
@@ -127,8 +143,11 @@ def test_classification_reports_the_training_accuracy(tmp_path):
 
 CASES = [  # (workload, optimizer, what is perturbed)
     *[("regression", opt, what) for opt in ("sgd", "adam") for what in ("losses", "weights")],
-    *[("regression + bias", opt, what) for opt in ("sgd", "adam")
-      for what in ("losses", "weights", "biases")],
+    *[
+        ("regression + bias", opt, what)
+        for opt in ("sgd", "adam")
+        for what in ("losses", "weights", "biases")
+    ],
     *[("classification", "adam", what) for what in ("losses", "weights", "biases")],
 ]
 
@@ -155,8 +174,11 @@ def test_a_reported_row_that_differs_does_not_gate(tmp_path, capsys):
 
 
 def test_the_problems_share_their_data():
-    plain, with_bias, classes = (workloads.regression(3), workloads.regression(3, bias=True),
-                                 workloads.classification(3))
+    plain, with_bias, classes = (
+        workloads.regression(3),
+        workloads.regression(3, bias=True),
+        workloads.classification(3),
+    )
     for a, b in [(plain.x, with_bias.x), (plain.y, with_bias.y), (plain.x, classes.x)]:
         np.testing.assert_array_equal(a, b)
     for layer, biased in zip(plain.params, with_bias.params, strict=True):
@@ -180,8 +202,12 @@ def test_accuracy_counts_the_largest_logit():
 @pytest.mark.parametrize(
     "run, optimizer, problem, match",
     [
-        (stages.torch_by_hand, "sgd", workloads.classification,
-         r"torch by hand: its backward is derived for loss 'sse' only, got 'cross_entropy'"),
+        (
+            stages.torch_by_hand,
+            "sgd",
+            workloads.classification,
+            r"torch by hand: its backward is derived for loss 'sse' only, got 'cross_entropy'",
+        ),
         (stages.torch_autograd, "sgd", workloads.classification, r"for loss 'sse' only"),
         (stages.torch_by_hand, "adam", workloads.regression, r"SGD by hand, got optimizer 'adam'"),
         (stages.torch_nn, "adam", workloads.regression, r"torch.nn updates the params by SGD"),

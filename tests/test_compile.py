@@ -15,7 +15,10 @@ OPTS = {"sgd": fnn.sgd(0.01, momentum=0.9), "adam": fnn.adam(0.01)}
 
 def _data(device, dtype=torch.float32):
     g = torch.Generator().manual_seed(3)
-    x, y = torch.randn(20, 6, generator=g, dtype=dtype), torch.randn(20, 3, generator=g, dtype=dtype)
+    x, y = (
+        torch.randn(20, 6, generator=g, dtype=dtype),
+        torch.randn(20, 3, generator=g, dtype=dtype),
+    )
     return x.to(device), y.to(device), NET.init(1, dtype=dtype, device=device)
 
 
@@ -37,8 +40,17 @@ def test_the_compiled_step_is_reused_across_fits(device):
     opt = OPTS["adam"]
     first = fnn.fit(params, x, y, opt, model=NET, steps=3, compile=True)
     hits = compiled_step.cache_info().hits
-    again = fnn.fit(first.params, x, y, opt, model=NET, steps=3, compile=True,
-                    opt_state=first.opt_state, start_step=first.steps)  # fmt: skip
+    again = fnn.fit(
+        first.params,
+        x,
+        y,
+        opt,
+        model=NET,
+        steps=3,
+        compile=True,
+        opt_state=first.opt_state,
+        start_step=first.steps,
+    )
     assert compiled_step.cache_info().hits == hits + 1
     whole = fnn.fit(params, x, y, opt, model=NET, steps=6)
     assert_trees_close(again.params, whole.params, 1e-5, "resumed compiled params")

@@ -3,7 +3,9 @@ losses, purity and determinism. Bad input is in test_fit_errors.py, resuming in 
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import operator
 import re
 import warnings
 
@@ -22,7 +24,11 @@ NET = fnn.mlp([D_IN, H, D_OUT])
 
 # (name, functional_nn optimizer, the torch.optim twin); lrs small enough for sse on N=20.
 OPTIMIZERS = [
-    ("sgd-momentum", lambda: optim.sgd(1e-3, momentum=0.9), lambda p: torch.optim.SGD(p, 1e-3, momentum=0.9, foreach=False)),
+    (
+        "sgd-momentum",
+        lambda: optim.sgd(1e-3, momentum=0.9),
+        lambda p: torch.optim.SGD(p, 1e-3, momentum=0.9, foreach=False),
+    ),
     ("adam", lambda: optim.adam(1e-2), lambda p: torch.optim.Adam(p, 1e-2, foreach=False)),
 ]
 # Trajectories follow torch.optim to rounding over 12 steps (measured on CPU: <= 3e-16 in float64,
@@ -50,7 +56,9 @@ def torch_loop(params, x, y, make_opt, epochs, batch_size, orders):
     opt, losses = make_opt(leaves), []
     dataset = torch.utils.data.TensorDataset(x, y)
     for e in range(epochs):
-        for xb, yb in torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=orders[e]):
+        for xb, yb in torch.utils.data.DataLoader(
+            dataset, batch_size=batch_size, sampler=orders[e]
+        ):
             opt.zero_grad()
             loss = fnn.sse(NET.apply(shaped, xb), yb)
             loss.backward()
@@ -61,15 +69,30 @@ def torch_loop(params, x, y, make_opt, epochs, batch_size, orders):
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("shuffle", [False, True])
-@pytest.mark.parametrize("name, make_opt, make_torch_opt", OPTIMIZERS, ids=[o[0] for o in OPTIMIZERS])
-def test_minibatches_follow_the_dataloader_loop(name, make_opt, make_torch_opt, shuffle, dtype, device):
+@pytest.mark.parametrize(
+    "name, make_opt, make_torch_opt", OPTIMIZERS, ids=[o[0] for o in OPTIMIZERS]
+)
+def test_minibatches_follow_the_dataloader_loop(
+    name, make_opt, make_torch_opt, shuffle, dtype, device
+):
     params, x, y = problem(device, dtype)
     epochs, batch_size, seed = 3, 6, 7  # batches of 6, 6, 6, 2
     # The order data.py documents, from its public function (checked against its recipe below).
     orders = [epoch_order(N, seed, e).tolist() if shuffle else None for e in range(epochs)]
-    expected_params, expected_losses = torch_loop(params, x, y, make_torch_opt, epochs, batch_size, orders)
-    r = fnn.fit(params, x, y, make_opt(), model=NET, epochs=epochs, batch_size=batch_size,
-                shuffle=shuffle, seed=seed)  # fmt: skip
+    expected_params, expected_losses = torch_loop(
+        params, x, y, make_torch_opt, epochs, batch_size, orders
+    )
+    r = fnn.fit(
+        params,
+        x,
+        y,
+        make_opt(),
+        model=NET,
+        epochs=epochs,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        seed=seed,
+    )
     assert r.steps == epochs * 4 and r.losses.shape == (epochs * 4,)
     assert_trees_close(r.losses, expected_losses, RTOL[dtype], "losses")
     assert_trees_close(r.params, expected_params, RTOL[dtype], "params")
@@ -92,9 +115,23 @@ def test_each_epoch_visits_every_example_once_in_batches_like_dataloader():
     runs = {}
     for seed in (0, 0, 1):
         seen = []
-        fnn.fit(params, x, y, optim.sgd(1e-4), model=recording_model(seen), epochs=3, batch_size=6, seed=seed)
-        assert [len(b) for b in seen] == [6, 6, 6, 2] * 3  # the last batch short, as drop_last=False
-        epochs = [sum(seen[4 * e : 4 * e + 4], []) for e in range(3)]
+        fnn.fit(
+            params,
+            x,
+            y,
+            optim.sgd(1e-4),
+            model=recording_model(seen),
+            epochs=3,
+            batch_size=6,
+            seed=seed,
+        )
+        assert [len(b) for b in seen] == [
+            6,
+            6,
+            6,
+            2,
+        ] * 3  # the last batch short, as drop_last=False
+        epochs = [functools.reduce(operator.iadd, seen[4 * e : 4 * e + 4], []) for e in range(3)]
         assert all(sorted(e) == list(range(N)) for e in epochs)
         assert epochs[0] != epochs[1] != epochs[2]
         runs.setdefault(seed, []).append(epochs)
@@ -117,7 +154,11 @@ def test_resuming_draws_one_order_however_far_in(monkeypatch):
     for start in (0, 10**6, 2**62):
         draws = []
         real = torch.randperm
-        monkeypatch.setattr(torch, "randperm", lambda *a, **k: draws.append(1) or real(*a, **k))
+        monkeypatch.setattr(
+            torch,
+            "randperm",
+            lambda *a, draws=draws, real=real, **k: draws.append(1) or real(*a, **k),
+        )
         xb, _ = next(batches(x, y, 6, True, 3, start_step=start))
         monkeypatch.setattr(torch, "randperm", real)
         epoch, i = divmod(start, 4)  # 4 batches of 6 rows per epoch of 20
@@ -129,11 +170,16 @@ def test_fit_resumes_at_step_2_to_the_62_at_once():
     params, x, y = problem()
     r = fnn.fit(params, x, y, optim.sgd(1e-3), model=NET, steps=2, batch_size=6, start_step=2**62)
     assert r.steps == 2**62 + 2
-    with pytest.raises(ValueError, match=r"start_step \+ the steps of this call must be <= 2\*\*63 - 1 .*got 9223372036854775808 \+ 2"):
+    with pytest.raises(
+        ValueError,
+        match=r"start_step \+ the steps of this call must be <= 2\*\*63 - 1 .*got 9223372036854775808 \+ 2",
+    ):
         fnn.fit(params, x, y, optim.sgd(1e-3), model=NET, steps=2, start_step=2**63)
     # The run's end counts, not only its start: 3 epochs of 4 batches from 2**63 - 12 fit exactly.
     with pytest.raises(ValueError, match=r"got 9223372036854775797 \+ 12"):
-        fnn.fit(params, x, y, optim.sgd(1e-3), model=NET, epochs=3, batch_size=6, start_step=2**63 - 11)
+        fnn.fit(
+            params, x, y, optim.sgd(1e-3), model=NET, epochs=3, batch_size=6, start_step=2**63 - 11
+        )
 
 
 def test_unshuffled_batches_are_consecutive_rows():
@@ -141,7 +187,16 @@ def test_unshuffled_batches_are_consecutive_rows():
     x = x.clone()
     x[:, 0] = torch.arange(N, dtype=x.dtype)
     seen = []
-    fnn.fit(params, x, y, optim.sgd(1e-4), model=recording_model(seen), epochs=2, batch_size=8, shuffle=False)
+    fnn.fit(
+        params,
+        x,
+        y,
+        optim.sgd(1e-4),
+        model=recording_model(seen),
+        epochs=2,
+        batch_size=8,
+        shuffle=False,
+    )
     rows = list(range(N))
     assert seen == [rows[:8], rows[8:16], rows[16:]] * 2
 
@@ -149,7 +204,9 @@ def test_unshuffled_batches_are_consecutive_rows():
 def test_one_batch_of_all_rows_in_order_is_full_batch_bitwise():
     params, x, y = problem()
     full = fnn.fit(params, x, y, optim.adam(1e-2), model=NET, steps=6)
-    batched = fnn.fit(params, x, y, optim.adam(1e-2), model=NET, steps=6, batch_size=N, shuffle=False)
+    batched = fnn.fit(
+        params, x, y, optim.adam(1e-2), model=NET, steps=6, batch_size=N, shuffle=False
+    )
     assert_bitwise_equal((batched.params, batched.losses), (full.params, full.losses))
 
 
@@ -179,15 +236,22 @@ def test_steps_and_epochs_count_this_calls_work_from_start_step():
     assert r.steps == 3 + 2 * 4 and r.losses.shape == (8,)
 
 
-@pytest.mark.parametrize("batch_size, eval_every, expected_steps", [
-    (None, 3, (3, 6, 9, 10)),  # every 3 steps, and after the last
-    (6, None, (4, 8, 10)),  # default: once per epoch (4 steps), and after the last
-])  # fmt: skip
-def test_val_losses_are_the_loss_at_the_params_of_those_steps(batch_size, eval_every, expected_steps, device):
+@pytest.mark.parametrize(
+    "batch_size, eval_every, expected_steps",
+    [
+        (None, 3, (3, 6, 9, 10)),  # every 3 steps, and after the last
+        (6, None, (4, 8, 10)),  # default: once per epoch (4 steps), and after the last
+    ],
+)
+def test_val_losses_are_the_loss_at_the_params_of_those_steps(
+    batch_size, eval_every, expected_steps, device
+):
     params, x, y = problem(device)
     _, xv, yv = problem(device, seed=1, n=9)
     kwargs = dict(model=NET, batch_size=batch_size, seed=3)
-    r = fnn.fit(params, x, y, optim.adam(1e-2), steps=10, val=(xv, yv), eval_every=eval_every, **kwargs)
+    r = fnn.fit(
+        params, x, y, optim.adam(1e-2), steps=10, val=(xv, yv), eval_every=eval_every, **kwargs
+    )
     assert r.val_steps == expected_steps and r.val_losses.shape == (len(expected_steps),)
     for s, val_loss in zip(r.val_steps, r.val_losses):
         at_s = fnn.fit(params, x, y, optim.adam(1e-2), steps=s, **kwargs).params  # fit is pure
@@ -197,13 +261,25 @@ def test_val_losses_are_the_loss_at_the_params_of_those_steps(batch_size, eval_e
 def test_log_every_prints_one_line_per_k_steps_to_stderr(capsys):
     params, x, y = problem()
     _, xv, yv = problem(seed=1, n=9)
-    r = fnn.fit(params, x, y, optim.adam(1e-2), model=NET, steps=10, log_every=3, val=(xv, yv), eval_every=100)
+    r = fnn.fit(
+        params,
+        x,
+        y,
+        optim.adam(1e-2),
+        model=NET,
+        steps=10,
+        log_every=3,
+        val=(xv, yv),
+        eval_every=100,
+    )
     out, err = capsys.readouterr()
     lines = err.splitlines()
     assert out == "" and len(lines) == 3
     for line, s in zip(lines, (3, 6, 9)):
         # After s steps: step s - 1 was the last, and its loss is losses[s - 1].
-        m = re.fullmatch(r"step +(\d+) \( *(\d+)/10 done\)  loss (\S+)  val (\S+)  (\S+) steps/s", line)
+        m = re.fullmatch(
+            r"step +(\d+) \( *(\d+)/10 done\)  loss (\S+)  val (\S+)  (\S+) steps/s", line
+        )
         assert m, line
         assert (int(m[1]), int(m[2])) == (s - 1, s)
         assert float(m[3]) == pytest.approx(float(r.losses[s - 1]), rel=1e-5)
@@ -222,22 +298,37 @@ def test_callbacks_see_each_evaluation_and_can_stop():
         calls.append((step, loss, p))
         return step >= 6
 
-    r = fnn.fit(params, x, y, optim.adam(1e-2), model=NET, steps=10, eval_every=2, callbacks=[callback])
+    r = fnn.fit(
+        params, x, y, optim.adam(1e-2), model=NET, steps=10, eval_every=2, callbacks=[callback]
+    )
     assert [c[0] for c in calls] == [2, 4, 6]
     assert r.steps == 6 and r.stop_reason == "callback" and r.losses.shape == (6,)
-    assert_bitwise_equal(r.params, fnn.fit(params, x, y, optim.adam(1e-2), model=NET, steps=6).params)
+    assert_bitwise_equal(
+        r.params, fnn.fit(params, x, y, optim.adam(1e-2), model=NET, steps=6).params
+    )
     # Without val, the monitored loss is the mean training loss since the last evaluation.
     for i, (step, loss, p) in enumerate(calls):
         assert torch.equal(loss, r.losses[2 * i : 2 * i + 2].mean())
-        assert_bitwise_equal(p, fnn.fit(params, x, y, optim.adam(1e-2), model=NET, steps=step).params)
+        assert_bitwise_equal(
+            p, fnn.fit(params, x, y, optim.adam(1e-2), model=NET, steps=step).params
+        )
 
 
 def test_with_val_callbacks_monitor_the_validation_loss():
     params, x, y = problem()
     _, xv, yv = problem(seed=1, n=9)
     seen = []
-    r = fnn.fit(params, x, y, optim.adam(1e-2), model=NET, steps=6, eval_every=2, val=(xv, yv),
-                callbacks=[lambda step, loss, p: seen.append(loss)])  # fmt: skip
+    r = fnn.fit(
+        params,
+        x,
+        y,
+        optim.adam(1e-2),
+        model=NET,
+        steps=6,
+        eval_every=2,
+        val=(xv, yv),
+        callbacks=[lambda step, loss, p: seen.append(loss)],
+    )
     assert r.stop_reason == "done" and torch.equal(torch.stack(seen), r.val_losses)
 
 
@@ -257,7 +348,9 @@ def test_fit_leaves_its_inputs_untouched_and_repeats_bitwise(device):
             assert_bitwise_equal(getattr(a, field), getattr(b, field), field)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="counts syncs with CUDA's sync debug mode")
+@pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="counts syncs with CUDA's sync debug mode"
+)
 def test_the_loop_syncs_with_the_host_only_every_check():
     params, x, y = problem("cuda")
     _, xv, yv = problem("cuda", seed=1, n=9)
@@ -267,7 +360,9 @@ def test_the_loop_syncs_with_the_host_only_every_check():
         warnings.simplefilter("always")
         torch.cuda.set_sync_debug_mode("warn")
         try:
-            fnn.fit(params, x, y, optim.adam(1e-2), model=NET, steps=steps, val=(xv, yv))  # val every step
+            fnn.fit(
+                params, x, y, optim.adam(1e-2), model=NET, steps=steps, val=(xv, yv)
+            )  # val every step
         finally:
             torch.cuda.set_sync_debug_mode(0)
     syncs = [w for w in caught if "synchroniz" in str(w.message)]

@@ -62,7 +62,9 @@ def _fit(device: str, name: str) -> fnn.FitResult:
 def _oracle(name: str):
     """The oracle's run, in numpy on the CPU whatever the device under test (the data are the same)."""
     params, x, y = _workload("cpu")
-    return oracle_train(to_numpy(params), x.numpy(), y.numpy(), OPTIMIZERS[name][1](lr=LR[name]), steps=STEPS)
+    return oracle_train(
+        to_numpy(params), x.numpy(), y.numpy(), OPTIMIZERS[name][1](lr=LR[name]), steps=STEPS
+    )
 
 
 def _seed_torch_program(params, x, y, name: str):
@@ -79,7 +81,11 @@ def _seed_torch_program(params, x, y, name: str):
         model[0].weight.copy_(params[0]["weight"])
         model[2].weight.copy_(params[1]["weight"])
     loss_fn = torch.nn.MSELoss(reduction="sum")
-    optimizer = torch.optim.Adam(model.parameters(), lr=LR["adam"], foreach=False) if name == "adam" else None
+    optimizer = (
+        torch.optim.Adam(model.parameters(), lr=LR["adam"], foreach=False)
+        if name == "adam"
+        else None
+    )
     losses = []
     for _ in range(STEPS):
         loss = loss_fn(model(x), y)
@@ -94,7 +100,10 @@ def _seed_torch_program(params, x, y, name: str):
                 for param in model.parameters():
                     param -= LR["sgd"] * param.grad
             model.zero_grad()
-    weights = [{"weight": model[0].weight.detach().clone()}, {"weight": model[2].weight.detach().clone()}]
+    weights = [
+        {"weight": model[0].weight.detach().clone()},
+        {"weight": model[2].weight.detach().clone()},
+    ]
     return weights, torch.stack(losses)
 
 
@@ -140,11 +149,15 @@ def test_first_loss_is_the_loss_before_any_update(device):
     initial = fnn.sse(_seed_net().apply(params, x), y)
     for name in OPTIMIZERS:
         first = _fit(str(device), name).losses[0]
-        assert_trees_close(first, initial, rtol=_exact_on_cpu(device), name=f"fit({name}).losses[0]")
+        assert_trees_close(
+            first, initial, rtol=_exact_on_cpu(device), name=f"fit({name}).losses[0]"
+        )
 
 
 @pytest.mark.parametrize(
-    "opt", [fnn.adam(lr=LR["adam"]), fnn.sgd(lr=LR["sgd"], momentum=0.9)], ids=["adam", "sgd_momentum"]
+    "opt",
+    [fnn.adam(lr=LR["adam"]), fnn.sgd(lr=LR["sgd"], momentum=0.9)],
+    ids=["adam", "sgd_momentum"],
 )
 def test_fit_mutates_nothing_it_is_given(opt, device):
     params, x, y = _fresh_workload(str(device))
@@ -164,7 +177,9 @@ def test_fit_is_deterministic_on_cpu():
     params, x, y = _fresh_workload("cpu")
     again = fnn.fit(params, x, y, fnn.adam(lr=LR["adam"]), model=_seed_net(), steps=STEPS)
     first = _fit("cpu", "adam")
-    assert all(torch.equal(a, b) for a, b in zip(tree_leaves(again.params), tree_leaves(first.params)))
+    assert all(
+        torch.equal(a, b) for a, b in zip(tree_leaves(again.params), tree_leaves(first.params))
+    )
     assert torch.equal(again.losses, first.losses)
 
 
@@ -177,7 +192,9 @@ def test_fit_resumes_from_its_opt_state(device):
     whole, rtol = _fit(str(device), "adam"), _exact_on_cpu(device)
     assert_trees_close(second.params, whole.params, rtol=rtol, name="resumed params")
     assert_trees_close(second.opt_state, whole.opt_state, rtol=rtol, name="resumed opt_state")
-    assert_trees_close(torch.cat([first.losses, second.losses]), whole.losses, rtol=rtol, name="resumed losses")
+    assert_trees_close(
+        torch.cat([first.losses, second.losses]), whole.losses, rtol=rtol, name="resumed losses"
+    )
 
 
 # ---------------------------------------------------------------------------- bad input
@@ -185,9 +202,24 @@ def test_fit_resumes_from_its_opt_state(device):
 
 # (id, kwargs made from the seed's x and y, exception, what the message must say)
 BAD_INPUTS = [
-    ("row_mismatch", lambda x, y: dict(x=x, y=y[:63]), ValueError, r"same number of rows.*\(64, 1000\).*\(63, 10\)"),
-    ("x_width", lambda x, y: dict(x=x[:, :999], y=y), ValueError, r"\(64, 999\).*expects 1000 features"),
-    ("int_x", lambda x, y: dict(x=x.to(torch.int64), y=y), TypeError, r"x must be a floating.*got dtype torch\.int64"),
+    (
+        "row_mismatch",
+        lambda x, y: dict(x=x, y=y[:63]),
+        ValueError,
+        r"same number of rows.*\(64, 1000\).*\(63, 10\)",
+    ),
+    (
+        "x_width",
+        lambda x, y: dict(x=x[:, :999], y=y),
+        ValueError,
+        r"\(64, 999\).*expects 1000 features",
+    ),
+    (
+        "int_x",
+        lambda x, y: dict(x=x.to(torch.int64), y=y),
+        TypeError,
+        r"x must be a floating.*got dtype torch\.int64",
+    ),
     ("steps_zero", lambda x, y: dict(x=x, y=y, steps=0), ValueError, r"steps must be >= 1, got 0"),
 ]
 
@@ -207,7 +239,9 @@ def _spy_optimizer(calls: list) -> fnn.GradientTransformation:
     return fnn.GradientTransformation(init, update)
 
 
-@pytest.mark.parametrize("make_kwargs, error, message", [b[1:] for b in BAD_INPUTS], ids=[b[0] for b in BAD_INPUTS])
+@pytest.mark.parametrize(
+    "make_kwargs, error, message", [b[1:] for b in BAD_INPUTS], ids=[b[0] for b in BAD_INPUTS]
+)
 def test_fit_rejects_bad_input_before_any_work(make_kwargs, error, message):
     params, x, y = _workload("cpu")
     calls = []

@@ -14,7 +14,10 @@ MESSAGE = r"was called inside a torch.func transform \(grad, vmap, jvp, \.\.\.\)
 
 
 G = torch.Generator().manual_seed(0)
-X, Y = torch.randn(8, 3, generator=G, dtype=torch.float64), torch.randn(8, 1, generator=G, dtype=torch.float64)
+X, Y = (
+    torch.randn(8, 3, generator=G, dtype=torch.float64),
+    torch.randn(8, 1, generator=G, dtype=torch.float64),
+)
 PARAMS = NET.init(0, dtype=torch.float64)
 
 
@@ -22,14 +25,18 @@ def trained_loss(scale, ensemble=False):
     """The final training loss of a fit on x * scale: a function of scale to transform."""
     x, y, params = X, Y, PARAMS
     if ensemble:
-        return fnn.fit_ensemble([params, params], x * scale, y, optim.sgd(1e-2), model=NET, steps=2).losses.sum()
+        return fnn.fit_ensemble(
+            [params, params], x * scale, y, optim.sgd(1e-2), model=NET, steps=2
+        ).losses.sum()
     return fnn.fit(params, x * scale, y, optim.sgd(1e-2), model=NET, steps=2).losses[-1]
 
 
 TRANSFORMS = {
     "grad": lambda f: torch.func.grad(f)(torch.tensor(1.0, dtype=torch.float64)),
     "vmap": lambda f: torch.func.vmap(f)(torch.ones(2, dtype=torch.float64)),
-    "jvp": lambda f: torch.func.jvp(f, (torch.tensor(1.0, dtype=torch.float64),), (torch.tensor(1.0, dtype=torch.float64),)),
+    "jvp": lambda f: torch.func.jvp(
+        f, (torch.tensor(1.0, dtype=torch.float64),), (torch.tensor(1.0, dtype=torch.float64),)
+    ),
 }
 
 

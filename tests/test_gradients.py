@@ -7,7 +7,6 @@ times 1e-16), and on a small net all three (oracle, torch.func.grad, central dif
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
@@ -43,7 +42,9 @@ def test_grad_matches_oracle(sizes, bias, loss_name, device):
     net, params, x, y = _problem(sizes, bias, seed=len(sizes), device=device)
 
     grads, value = torch.func.grad_and_value(lambda p: loss(net.apply(p, x), y))(params)
-    expected_value, expected_grads = loss_and_grads(to_numpy(params), to_numpy(x), to_numpy(y), oracle_loss)
+    expected_value, expected_grads = loss_and_grads(
+        to_numpy(params), to_numpy(x), to_numpy(y), oracle_loss
+    )
 
     assert all(g.device == x.device and g.dtype == torch.float64 for g in tree_leaves(grads))
     assert_trees_close(grads, expected_grads, rtol=GRAD_RTOL, name="torch.func.grad")
@@ -75,7 +76,7 @@ def test_grad_three_ways(bias, device):
 
 def test_grad_of_a_wrong_network_fails():
     """The comparison discriminates: dropping the relu changes the gradient far beyond the bound."""
-    net, params, x, y = _problem((12, 16, 5), True, seed=3, device="cpu")
+    _net, params, x, y = _problem((12, 16, 5), True, seed=3, device="cpu")
     linear_net = fnn.mlp((12, 16, 5), activation="identity")
     grads = torch.func.grad(lambda p: fnn.sse(linear_net.apply(p, x), y))(params)
     _, expected = loss_and_grads(to_numpy(params), x.numpy(), y.numpy(), oracle_losses.sse)

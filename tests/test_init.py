@@ -3,6 +3,7 @@ determinism from a seed or a generator."""
 
 from __future__ import annotations
 
+import itertools
 import math
 from functools import partial
 
@@ -17,15 +18,29 @@ FAN_IN, FAN_OUT = 250, 400
 
 # (our initialiser, the torch.nn.init call that fills a tensor in place, given a generator)
 AGAINST_TORCH = [
-    pytest.param(init.kaiming_uniform, lambda w, g: nn.init.kaiming_uniform_(w, generator=g), id="kaiming_uniform"),
+    pytest.param(
+        init.kaiming_uniform,
+        lambda w, g: nn.init.kaiming_uniform_(w, generator=g),
+        id="kaiming_uniform",
+    ),
     pytest.param(
         partial(init.kaiming_uniform, a=math.sqrt(5)),
         lambda w, g: nn.init.kaiming_uniform_(w, a=math.sqrt(5), generator=g),
         id="kaiming_uniform(sqrt5)",
     ),
-    pytest.param(init.kaiming_normal, lambda w, g: nn.init.kaiming_normal_(w, generator=g), id="kaiming_normal"),
-    pytest.param(init.xavier_uniform, lambda w, g: nn.init.xavier_uniform_(w, generator=g), id="xavier_uniform"),
-    pytest.param(init.xavier_normal, lambda w, g: nn.init.xavier_normal_(w, generator=g), id="xavier_normal"),
+    pytest.param(
+        init.kaiming_normal,
+        lambda w, g: nn.init.kaiming_normal_(w, generator=g),
+        id="kaiming_normal",
+    ),
+    pytest.param(
+        init.xavier_uniform,
+        lambda w, g: nn.init.xavier_uniform_(w, generator=g),
+        id="xavier_uniform",
+    ),
+    pytest.param(
+        init.xavier_normal, lambda w, g: nn.init.xavier_normal_(w, generator=g), id="xavier_normal"
+    ),
 ]
 
 
@@ -43,11 +58,13 @@ def test_torch_scheme_is_nn_linear_to_the_bit(bias):
     sizes = [6, 5, 3]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(3)
-        layers = [nn.Linear(i, o, bias=bias) for i, o in zip(sizes[:-1], sizes[1:])]
+        layers = [nn.Linear(i, o, bias=bias) for i, o in itertools.pairwise(sizes)]
     params = mlp(sizes, bias=bias, init="torch").init(3)
     for layer, ours in zip(layers, params):
         assert torch.equal(ours["weight"], layer.weight.detach())
-        assert bias == ("bias" in ours) and (not bias or torch.equal(ours["bias"], layer.bias.detach()))
+        assert bias == ("bias" in ours) and (
+            not bias or torch.equal(ours["bias"], layer.bias.detach())
+        )
 
 
 def _kurtosis(kind: str) -> float:
@@ -60,8 +77,16 @@ b_xavier = math.sqrt(6 / (FAN_IN + FAN_OUT))
 MOMENTS = [
     pytest.param(init.normal, "normal", 1.0, None, id="normal"),
     pytest.param(init.kaiming_normal, "normal", 2 / FAN_IN, None, id="kaiming_normal"),
-    pytest.param(init.kaiming_uniform, "uniform", 2 / FAN_IN, math.sqrt(6 / FAN_IN), id="kaiming_uniform"),
-    pytest.param(partial(init.kaiming_uniform, a=math.sqrt(5)), "uniform", b_torch**2 / 3, b_torch, id="torch_weight"),
+    pytest.param(
+        init.kaiming_uniform, "uniform", 2 / FAN_IN, math.sqrt(6 / FAN_IN), id="kaiming_uniform"
+    ),
+    pytest.param(
+        partial(init.kaiming_uniform, a=math.sqrt(5)),
+        "uniform",
+        b_torch**2 / 3,
+        b_torch,
+        id="torch_weight",
+    ),
     pytest.param(init.uniform_fan_in, "uniform", b_torch**2 / 3, b_torch, id="torch_bias"),
     pytest.param(init.xavier_normal, "normal", 2 / (FAN_IN + FAN_OUT), None, id="xavier_normal"),
     pytest.param(init.xavier_uniform, "uniform", b_xavier**2 / 3, b_xavier, id="xavier_uniform"),
@@ -71,7 +96,11 @@ MOMENTS = [
 @pytest.mark.parametrize("fn, kind, variance, bound", MOMENTS)
 def test_draws_have_the_moments_and_bounds_of_torch_nn_init(fn, kind, variance, bound):
     n = FAN_IN * FAN_OUT
-    w = fn(torch.Generator().manual_seed(5), (FAN_OUT, FAN_IN), FAN_IN, FAN_OUT, torch.float64).numpy().ravel()
+    w = (
+        fn(torch.Generator().manual_seed(5), (FAN_OUT, FAN_IN), FAN_IN, FAN_OUT, torch.float64)
+        .numpy()
+        .ravel()
+    )
     kurt = _kurtosis(kind)
     # Standard errors of the sample mean, variance and kurtosis of n iid draws; 5 of them bound a
     # fluctuation with probability ~1 - 6e-7, so a variance off by 3% or more fails.
@@ -92,7 +121,9 @@ def test_schemes_are_deterministic_and_draw_on_the_cpu(scheme, device):
     b = net.init(torch.Generator().manual_seed(9), dtype=torch.float64)
     for la, lb in zip(a, b):
         assert la["weight"].device.type == device.type
-        assert torch.equal(la["weight"].cpu(), lb["weight"]) and torch.equal(la["bias"].cpu(), lb["bias"])
+        assert torch.equal(la["weight"].cpu(), lb["weight"]) and torch.equal(
+            la["bias"].cpu(), lb["bias"]
+        )
 
 
 @pytest.mark.parametrize("scheme", sorted(set(init.SCHEMES) - {"zeros"}))
@@ -116,10 +147,30 @@ def test_zero_biases_and_zeros_scheme_draw_nothing():
 @pytest.mark.parametrize(
     "call, error, message",
     [
-        pytest.param(lambda: init.get_scheme("he"), ValueError, r"Unknown init 'he'.*'kaiming_normal'.*'zeros'", id="unknown"),
-        pytest.param(lambda: mlp([3, 2], init="glorot"), ValueError, r"Unknown init 'glorot'.*'xavier_uniform'", id="mlp"),
-        pytest.param(lambda: init.as_generator(1.5), TypeError, r"seed must be an int or a torch.Generator, got float", id="seed-float"),
-        pytest.param(lambda: mlp([3, 2]).init(True), TypeError, r"seed must be an int.*got bool", id="seed-bool"),
+        pytest.param(
+            lambda: init.get_scheme("he"),
+            ValueError,
+            r"Unknown init 'he'.*'kaiming_normal'.*'zeros'",
+            id="unknown",
+        ),
+        pytest.param(
+            lambda: mlp([3, 2], init="glorot"),
+            ValueError,
+            r"Unknown init 'glorot'.*'xavier_uniform'",
+            id="mlp",
+        ),
+        pytest.param(
+            lambda: init.as_generator(1.5),
+            TypeError,
+            r"seed must be an int or a torch.Generator, got float",
+            id="seed-float",
+        ),
+        pytest.param(
+            lambda: mlp([3, 2]).init(True),
+            TypeError,
+            r"seed must be an int.*got bool",
+            id="seed-bool",
+        ),
     ],
 )
 def test_bad_init_input_is_rejected(call, error, message):

@@ -24,7 +24,9 @@ def _build(make, seed=0, dtype=torch.float64, device="cpu"):
 
 
 def _with_running_stats():
-    model = nn.Sequential(nn.Linear(3, 5), nn.BatchNorm1d(5), nn.Softplus(beta=2.0), nn.Linear(5, 2))
+    model = nn.Sequential(
+        nn.Linear(3, 5), nn.BatchNorm1d(5), nn.Softplus(beta=2.0), nn.Linear(5, 2)
+    )
     with torch.no_grad():  # two training passes give the running statistics non-trivial values
         for seed in (1, 2):
             model(torch.randn(8, 3, generator=torch.Generator().manual_seed(seed)))
@@ -35,19 +37,28 @@ MODELS = [
     pytest.param(lambda: nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 2)), id="tanh"),
     pytest.param(
         lambda: nn.Sequential(
-            nn.Linear(3, 5), nn.LeakyReLU(0.2), nn.Linear(5, 4), nn.GELU(approximate="tanh"),
-            nn.Linear(4, 2, bias=False), nn.Sigmoid(),
+            nn.Linear(3, 5),
+            nn.LeakyReLU(0.2),
+            nn.Linear(5, 4),
+            nn.GELU(approximate="tanh"),
+            nn.Linear(4, 2, bias=False),
+            nn.Sigmoid(),
         ),
         id="leaky-gelu-nobias",
     ),
     pytest.param(_with_running_stats, id="batchnorm-eval"),
-    pytest.param(lambda: nn.Sequential(nn.Linear(3, 5), nn.ReLU(), nn.Dropout(0.5), nn.Linear(5, 2)).eval(), id="dropout-eval"),
+    pytest.param(
+        lambda: nn.Sequential(nn.Linear(3, 5), nn.ReLU(), nn.Dropout(0.5), nn.Linear(5, 2)).eval(),
+        id="dropout-eval",
+    ),
 ]
 
 
 def _data(device):
     rng = np.random.default_rng(0)
-    return torch.tensor(rng.standard_normal((6, 3)), device=device), torch.tensor(rng.standard_normal((6, 2)), device=device)
+    return torch.tensor(rng.standard_normal((6, 3)), device=device), torch.tensor(
+        rng.standard_normal((6, 2)), device=device
+    )
 
 
 def _autograd_grads(module, x, y):
@@ -100,7 +111,12 @@ def test_apply_is_pure_for_a_module_in_training_mode(device):
     net, params = fnn.from_module(module)
     first, second = net(params, x), net(params, x)
     assert torch.equal(first, second) and torch.equal(first, reference(x))
-    assert_trees_close(dict(module.named_buffers()), dict(_build(_with_running_stats, device=device).train().named_buffers()), rtol=0.0, name="module buffers")
+    assert_trees_close(
+        dict(module.named_buffers()),
+        dict(_build(_with_running_stats, device=device).train().named_buffers()),
+        rtol=0.0,
+        name="module buffers",
+    )
 
 
 def test_from_module_init_draws_what_building_the_module_after_manual_seed_draws():
@@ -109,7 +125,12 @@ def test_from_module_init_draws_what_building_the_module_after_manual_seed_draws
     state = torch.get_rng_state()
     drawn = net.init(7)
     assert torch.equal(torch.get_rng_state(), state)
-    assert_trees_close(drawn, dict(_build(make, seed=7, dtype=torch.float32).named_parameters()), rtol=0.0, name="init(7)")
+    assert_trees_close(
+        drawn,
+        dict(_build(make, seed=7, dtype=torch.float32).named_parameters()),
+        rtol=0.0,
+        name="init(7)",
+    )
     assert net.init(7, dtype=torch.float64)["0.weight"].dtype == torch.float64
     a, b = net.init(torch.Generator().manual_seed(3)), net.init(torch.Generator().manual_seed(3))
     assert_trees_close(a, b, rtol=0.0, name="same generator state")
@@ -119,7 +140,9 @@ def test_from_module_init_draws_what_building_the_module_after_manual_seed_draws
 def test_mlp_params_load_into_the_equivalent_sequential_and_back(device):
     net = fnn.mlp([3, 5, 4, 2], "tanh", init="torch", output_activation="sigmoid")
     params = net.init(0, dtype=torch.float64, device=device)
-    seq = nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 2), nn.Sigmoid())
+    seq = nn.Sequential(
+        nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 2), nn.Sigmoid()
+    )
     seq = seq.to(dtype=torch.float64, device=device)
     seq.load_state_dict(fnn.mlp_to_state_dict(params), strict=True)
     x, y = _data(device)
@@ -127,11 +150,17 @@ def test_mlp_params_load_into_the_equivalent_sequential_and_back(device):
     back = fnn.mlp_from_state_dict(seq.state_dict())
     assert_trees_close(back, params, rtol=0.0, name="params back")
     grads = torch.func.grad(lambda p: fnn.mse(net(p, x), y))(back)
-    assert_trees_close(fnn.mlp_to_state_dict(grads), _autograd_grads(seq, x, y), rtol=0.0, name="grads")
+    assert_trees_close(
+        fnn.mlp_to_state_dict(grads), _autograd_grads(seq, x, y), rtol=0.0, name="grads"
+    )
 
 
 def test_mlp_from_state_dict_skips_modules_without_params_and_reads_no_bias():
-    seq = _build(lambda: nn.Sequential(nn.Linear(3, 4, bias=False), nn.ReLU(), nn.Dropout(), nn.Linear(4, 2, bias=False)).eval())
+    seq = _build(
+        lambda: nn.Sequential(
+            nn.Linear(3, 4, bias=False), nn.ReLU(), nn.Dropout(), nn.Linear(4, 2, bias=False)
+        ).eval()
+    )
     params = fnn.mlp_from_state_dict(seq.state_dict())
     x, _ = _data("cpu")
     assert [sorted(layer) for layer in params] == [["weight"], ["weight"]]
@@ -143,16 +172,71 @@ def _linear(i, o, bias=True):
 
 
 BAD = [
-    pytest.param(lambda: fnn.from_module(lambda x: x), TypeError, r"module must be a torch.nn.Module, got function", id="from-type"),
-    pytest.param(lambda: fnn.to_module({}, {}), TypeError, r"module must be a torch.nn.Module, got dict", id="to-type"),
-    pytest.param(lambda: fnn.to_module(nn.Linear(3, 2), {"weight": torch.zeros(2, 3)}), ValueError, r"missing \['bias'\], unexpected \[\]", id="to-missing"),
-    pytest.param(lambda: fnn.to_module(nn.Linear(3, 2), {"weight": torch.zeros(3, 2), "bias": torch.zeros(2)}), ValueError, r"Linear parameter 'weight' has shape \(3, 2\), expected \(2, 3\)", id="to-shape"),
-    pytest.param(lambda: fnn.mlp_from_state_dict(nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4)).state_dict()), ValueError, r"key '1.running_mean' is not '<index>.weight'.*from_module", id="sd-buffer"),
-    pytest.param(lambda: fnn.mlp_from_state_dict({}), ValueError, r"holds no linear layer", id="sd-empty"),
-    pytest.param(lambda: fnn.mlp_from_state_dict({"0.weight": torch.zeros(4, 3), "2.weight": torch.zeros(2, 5)}), ValueError, r"0.weight has 4 outputs, but 2.weight takes 5 inputs", id="sd-chain"),
-    pytest.param(lambda: fnn.mlp_from_state_dict({"0.weight": torch.zeros(4, 3), "0.bias": torch.zeros(3)}), ValueError, r"0.bias has shape \(3,\), expected \(4,\)", id="sd-bias-shape"),
-    pytest.param(lambda: fnn.mlp_from_state_dict({**{f"0.{k}": v for k, v in _linear(3, 4).items()}, "2.weight": torch.zeros(2, 4)}), ValueError, r"layer '2.' must hold a 2-d weight, and a bias exactly when", id="sd-mixed-bias"),
-    pytest.param(lambda: fnn.mlp_to_state_dict({"weight": torch.zeros(2, 3)}), TypeError, r"params must be mlp params, a list of layer dicts, got dict", id="to-sd-type"),
+    pytest.param(
+        lambda: fnn.from_module(lambda x: x),
+        TypeError,
+        r"module must be a torch.nn.Module, got function",
+        id="from-type",
+    ),
+    pytest.param(
+        lambda: fnn.to_module({}, {}),
+        TypeError,
+        r"module must be a torch.nn.Module, got dict",
+        id="to-type",
+    ),
+    pytest.param(
+        lambda: fnn.to_module(nn.Linear(3, 2), {"weight": torch.zeros(2, 3)}),
+        ValueError,
+        r"missing \['bias'\], unexpected \[\]",
+        id="to-missing",
+    ),
+    pytest.param(
+        lambda: fnn.to_module(
+            nn.Linear(3, 2), {"weight": torch.zeros(3, 2), "bias": torch.zeros(2)}
+        ),
+        ValueError,
+        r"Linear parameter 'weight' has shape \(3, 2\), expected \(2, 3\)",
+        id="to-shape",
+    ),
+    pytest.param(
+        lambda: fnn.mlp_from_state_dict(
+            nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4)).state_dict()
+        ),
+        ValueError,
+        r"key '1.running_mean' is not '<index>.weight'.*from_module",
+        id="sd-buffer",
+    ),
+    pytest.param(
+        lambda: fnn.mlp_from_state_dict({}), ValueError, r"holds no linear layer", id="sd-empty"
+    ),
+    pytest.param(
+        lambda: fnn.mlp_from_state_dict(
+            {"0.weight": torch.zeros(4, 3), "2.weight": torch.zeros(2, 5)}
+        ),
+        ValueError,
+        r"0.weight has 4 outputs, but 2.weight takes 5 inputs",
+        id="sd-chain",
+    ),
+    pytest.param(
+        lambda: fnn.mlp_from_state_dict({"0.weight": torch.zeros(4, 3), "0.bias": torch.zeros(3)}),
+        ValueError,
+        r"0.bias has shape \(3,\), expected \(4,\)",
+        id="sd-bias-shape",
+    ),
+    pytest.param(
+        lambda: fnn.mlp_from_state_dict(
+            {**{f"0.{k}": v for k, v in _linear(3, 4).items()}, "2.weight": torch.zeros(2, 4)}
+        ),
+        ValueError,
+        r"layer '2.' must hold a 2-d weight, and a bias exactly when",
+        id="sd-mixed-bias",
+    ),
+    pytest.param(
+        lambda: fnn.mlp_to_state_dict({"weight": torch.zeros(2, 3)}),
+        TypeError,
+        r"params must be mlp params, a list of layer dicts, got dict",
+        id="to-sd-type",
+    ),
 ]
 
 
@@ -164,7 +248,9 @@ def test_bad_interop_input_is_rejected(call, error, message):
 
 def test_from_module_check_names_the_parameter_and_the_input():
     net, params = fnn.from_module(nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)))
-    with pytest.raises(ValueError, match=r"Sequential parameter '2.weight' has shape \(2, 5\), expected \(2, 4\)"):
+    with pytest.raises(
+        ValueError, match=r"Sequential parameter '2.weight' has shape \(2, 5\), expected \(2, 4\)"
+    ):
         net.check({**params, "2.weight": torch.zeros(2, 5)}, torch.zeros(6, 3))
     with pytest.raises(ValueError, match=r"missing \['0.bias'\]"):
         net.check({k: v for k, v in params.items() if k != "0.bias"}, torch.zeros(6, 3))
@@ -184,13 +270,17 @@ def test_from_module_init_refuses_parameters_it_cannot_redraw():
 
     net, params = fnn.from_module(Scaled())
     assert sorted(params) == ["linear.bias", "linear.weight", "scale"]
-    with pytest.raises(ValueError, match=r"cannot redraw the parameters \['scale'\] of Scaled.*no reset_parameters"):
+    with pytest.raises(
+        ValueError, match=r"cannot redraw the parameters \['scale'\] of Scaled.*no reset_parameters"
+    ):
         net.init(0)
 
 
 def test_from_module_check_wants_a_dict_of_params():
     net, params = fnn.from_module(nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)))
-    with pytest.raises(TypeError, match=r"params must be a dict \{name: tensor\} as from_module makes, got list"):
+    with pytest.raises(
+        TypeError, match=r"params must be a dict \{name: tensor\} as from_module makes, got list"
+    ):
         net.check(list(params.values()), torch.zeros(6, 3))
 
 
@@ -213,10 +303,30 @@ def _bad_last_value(kind):
 @pytest.mark.parametrize(
     "kind, error, message",
     [
-        pytest.param("shape", ValueError, r"Sequential parameter '2.bias' has shape \(3,\), expected \(2,\)", id="shape"),
-        pytest.param("integer", TypeError, r"'2.bias' must be loaded from a floating tensor \(real, not complex\), got dtype torch.int64", id="integer"),
-        pytest.param("complex", TypeError, r"'2.bias' must be loaded from a floating tensor .*got dtype torch.complex64", id="complex"),
-        pytest.param("non-tensor", TypeError, r"Sequential parameter '2.bias' must be a torch.Tensor, got list", id="non-tensor"),
+        pytest.param(
+            "shape",
+            ValueError,
+            r"Sequential parameter '2.bias' has shape \(3,\), expected \(2,\)",
+            id="shape",
+        ),
+        pytest.param(
+            "integer",
+            TypeError,
+            r"'2.bias' must be loaded from a floating tensor \(real, not complex\), got dtype torch.int64",
+            id="integer",
+        ),
+        pytest.param(
+            "complex",
+            TypeError,
+            r"'2.bias' must be loaded from a floating tensor .*got dtype torch.complex64",
+            id="complex",
+        ),
+        pytest.param(
+            "non-tensor",
+            TypeError,
+            r"Sequential parameter '2.bias' must be a torch.Tensor, got list",
+            id="non-tensor",
+        ),
         pytest.param("meta", ValueError, r"'2.bias' cannot be moved from meta to cpu", id="meta"),
     ],
 )
@@ -230,7 +340,13 @@ def test_to_module_with_a_bad_last_value_leaves_every_parameter_unchanged(kind, 
 
 def test_to_module_converts_values_to_the_modules_dtype_and_device(device):
     module = _build(lambda: nn.Linear(3, 2), dtype=torch.float32, device=device)
-    params = {"weight": torch.full((2, 3), 0.1, dtype=torch.float64), "bias": torch.full((2,), 0.3, dtype=torch.float64)}
+    params = {
+        "weight": torch.full((2, 3), 0.1, dtype=torch.float64),
+        "bias": torch.full((2,), 0.3, dtype=torch.float64),
+    }
     fnn.to_module(module, params)
-    assert module.weight.dtype == torch.float32 and module.weight.device.type == torch.device(device).type
+    assert (
+        module.weight.dtype == torch.float32
+        and module.weight.device.type == torch.device(device).type
+    )
     assert torch.equal(module.weight.cpu(), torch.full((2, 3), 0.1, dtype=torch.float64).float())

@@ -60,12 +60,22 @@ KINKS = [
         [0.5],
     ),
     # A bound is inside the closed interval: it passes its gradient.
-    ("clip_by_value at its bounds", functools.partial(_transform_output, clip_by_value(1.0)), None,
-     [-1.0, 1.0, 2.0], [1.0, 1.0, 0.0]),
+    (
+        "clip_by_value at its bounds",
+        functools.partial(_transform_output, clip_by_value(1.0)),
+        None,
+        [-1.0, 1.0, 2.0],
+        [1.0, 1.0, 0.0],
+    ),
     # ||g|| + 1e-6 = max_norm exactly (||(3, 4)|| = 5): the scale's branch, whose derivative of
     # sum(g * max_norm / (||g|| + 1e-6)) is 1 - (g_1 + g_2) g_i / (||g|| (||g|| + 1e-6)).
-    ("clip_by_global_norm at max_norm", functools.partial(_transform_output, clip_by_global_norm(5 + 1e-6)), None,
-     [3.0, 4.0], [1 - 7 * 3 / (5 * (5 + 1e-6)), 1 - 7 * 4 / (5 * (5 + 1e-6))]),
+    (
+        "clip_by_global_norm at max_norm",
+        functools.partial(_transform_output, clip_by_global_norm(5 + 1e-6)),
+        None,
+        [3.0, 4.0],
+        [1 - 7 * 3 / (5 * (5 + 1e-6)), 1 - 7 * 4 / (5 * (5 + 1e-6))],
+    ),
 ]
 
 
@@ -79,22 +89,35 @@ def test_gradient_at_a_kink_is_the_stated_one(name, ours, reference, at, stated)
     torch.testing.assert_close(by_func, expected, rtol=1e-12, atol=1e-15)
     torch.testing.assert_close(by_autograd, expected, rtol=1e-12, atol=1e-15)
     if reference is not None:
-        torch.testing.assert_close(torch.func.grad(lambda x: reference(x).sum())(x), expected, rtol=1e-12, atol=1e-15)
+        torch.testing.assert_close(
+            torch.func.grad(lambda x: reference(x).sum())(x), expected, rtol=1e-12, atol=1e-15
+        )
 
 
 def test_a_zero_initialised_classifier_gets_torchs_bias_gradient():
     """The report that found the BCE bug: a zero output layer, so every logit is exactly 0."""
     x = torch.randn(8, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     y = (torch.arange(8) % 3 == 0).to(torch.float64).unsqueeze(1)
-    params = [{"weight": torch.zeros(1, 3, dtype=torch.float64), "bias": torch.zeros(1, dtype=torch.float64)}]
+    params = [
+        {
+            "weight": torch.zeros(1, 3, dtype=torch.float64),
+            "bias": torch.zeros(1, dtype=torch.float64),
+        }
+    ]
     net = fnn.mlp([3, 1])
-    grads = torch.func.grad(lambda p: fnn.binary_cross_entropy_with_logits(net.apply(p, x), y))(params)
+    grads = torch.func.grad(lambda p: fnn.binary_cross_entropy_with_logits(net.apply(p, x), y))(
+        params
+    )
     # mean over 8 of sigmoid(0) - y: (8 * 0.5 - 3) / 8.
-    torch.testing.assert_close(grads[0]["bias"], torch.tensor([(8 * 0.5 - 3) / 8], dtype=torch.float64))
+    torch.testing.assert_close(
+        grads[0]["bias"], torch.tensor([(8 * 0.5 - 3) / 8], dtype=torch.float64)
+    )
 
 
 def test_clips_keep_nan():
     g = torch.tensor([float("nan"), 0.5], dtype=torch.float64)
     assert torch.isnan(_transform_output(clip_by_value(1.0), g)[0])
     assert torch.isnan(_transform_output(clip_by_global_norm(1.0), g)).all()
-    assert torch.isnan(fnn.binary_cross_entropy_with_logits(g[:1], torch.zeros(1, dtype=torch.float64)))
+    assert torch.isnan(
+        fnn.binary_cross_entropy_with_logits(g[:1], torch.zeros(1, dtype=torch.float64))
+    )

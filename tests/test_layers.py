@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from functional_nn import layers
-from oracle import layers as olayers
 from oracle.gradcheck import numerical_gradient, rel_error
 from tests.helpers import assert_trees_close, to_numpy
 from tests.tables import ACTIVATIONS
@@ -37,7 +36,9 @@ def test_oracle_backward_matches_central_differences(fn, oracle):
 def test_activation_and_its_gradient_match_the_oracle(fn, oracle, device):
     forward, backward = oracle
     x = _inputs(2)
-    x[0, :3] = 0.0  # kinks: torch's convention at 0 (relu' = 0, leaky_relu' = slope) is the oracle's
+    x[0, :3] = (
+        0.0  # kinks: torch's convention at 0 (relu' = 0, leaky_relu' = slope) is the oracle's
+    )
     dout = np.random.default_rng(3).standard_normal(x.shape)
     out, cache = forward(x)
     xt = torch.tensor(x, device=device)
@@ -53,7 +54,9 @@ def test_float32_activation_matches_the_oracle(fn, oracle, device):
     out = fn(torch.tensor(x, dtype=torch.float32, device=device))
     assert out.dtype == torch.float32
     # float32 rounds the input too: its error (~6e-8 relative) passes through slopes up to ~1.1.
-    assert_trees_close(out, oracle[0](x.astype(np.float32).astype(np.float64))[0], rtol=1e-6, name="float32")
+    assert_trees_close(
+        out, oracle[0](x.astype(np.float32).astype(np.float64))[0], rtol=1e-6, name="float32"
+    )
 
 
 @pytest.mark.parametrize("fn, oracle", ACTIVATIONS)
@@ -79,7 +82,11 @@ def test_leaky_relu_slope_and_gelu_tanh_are_the_documented_formulas():
 
 def test_activations_compose_with_vmap():
     x = torch.tensor(_inputs(5))
-    for fn in (layers.gelu, partial(layers.softplus, beta=2.0), partial(layers.leaky_relu, negative_slope=0.3)):
+    for fn in (
+        layers.gelu,
+        partial(layers.softplus, beta=2.0),
+        partial(layers.leaky_relu, negative_slope=0.3),
+    ):
         assert torch.equal(torch.func.vmap(fn)(x), fn(x))
 
 
@@ -88,16 +95,37 @@ def test_get_activation_resolves_names_and_callables():
     slope = partial(layers.leaky_relu, negative_slope=0.2)
     assert layers.get_activation(slope) is slope
     assert sorted(layers.ACTIVATIONS) == [
-        "gelu", "identity", "leaky_relu", "relu", "sigmoid", "softplus", "tanh"
+        "gelu",
+        "identity",
+        "leaky_relu",
+        "relu",
+        "sigmoid",
+        "softplus",
+        "tanh",
     ]
 
 
 @pytest.mark.parametrize(
     "call, error, message",
     [
-        pytest.param(lambda: layers.get_activation("swish"), ValueError, r"Unknown activation 'swish'.*'gelu'.*'tanh'", id="unknown"),
-        pytest.param(lambda: layers.get_activation(3), TypeError, r"activation must be a name or a callable.*int", id="type"),
-        pytest.param(lambda: layers.gelu(torch.ones(2), approximate="erf"), ValueError, r"approximate must be 'none' or 'tanh', got 'erf'", id="gelu"),
+        pytest.param(
+            lambda: layers.get_activation("swish"),
+            ValueError,
+            r"Unknown activation 'swish'.*'gelu'.*'tanh'",
+            id="unknown",
+        ),
+        pytest.param(
+            lambda: layers.get_activation(3),
+            TypeError,
+            r"activation must be a name or a callable.*int",
+            id="type",
+        ),
+        pytest.param(
+            lambda: layers.gelu(torch.ones(2), approximate="erf"),
+            ValueError,
+            r"approximate must be 'none' or 'tanh', got 'erf'",
+            id="gelu",
+        ),
     ],
 )
 def test_bad_activation_input_is_rejected(call, error, message):

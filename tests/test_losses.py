@@ -8,7 +8,6 @@ from functools import partial
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from functional_nn import losses
 from oracle import losses as olosses
@@ -50,7 +49,10 @@ def test_loss_and_its_gradient_match_the_oracle_and_torch(fn, oracle, reference,
 @pytest.mark.parametrize("fn, oracle, reference, kind", LOSSES)
 def test_float32_loss_matches_torch(fn, oracle, reference, kind, device):
     pred, target = _case(kind, 2)
-    p, t = torch.tensor(pred, dtype=torch.float32, device=device), target_to_torch(target, device, torch.float32)
+    p, t = (
+        torch.tensor(pred, dtype=torch.float32, device=device),
+        target_to_torch(target, device, torch.float32),
+    )
     got, ref = fn(p, t), reference(p, t)
     assert got.dtype == torch.float32
     assert_trees_close(got, ref, rtol=1e-6, name="float32 loss")
@@ -61,11 +63,18 @@ def test_default_reductions_are_torchs():
     p, t = torch.tensor(pred), torch.tensor(target)
     assert torch.equal(losses.mse(p, t), losses.mse(p, t, reduction="mean"))
     assert torch.equal(losses.sse(p, t), losses.mse(p, t, reduction="sum"))
-    assert rel_error(losses.mse(p, t, reduction="sum").numpy(), (p.numel() * losses.mse(p, t)).numpy()) <= 1e-15
+    assert (
+        rel_error(losses.mse(p, t, reduction="sum").numpy(), (p.numel() * losses.mse(p, t)).numpy())
+        <= 1e-15
+    )
     labels = torch.tensor([0, 3, 1, 2, 3])
-    assert rel_error(
-        losses.cross_entropy(p, labels, reduction="sum").numpy(), (5 * losses.cross_entropy(p, labels)).numpy()
-    ) <= 1e-15
+    assert (
+        rel_error(
+            losses.cross_entropy(p, labels, reduction="sum").numpy(),
+            (5 * losses.cross_entropy(p, labels)).numpy(),
+        )
+        <= 1e-15
+    )
 
 
 def test_cross_entropy_and_bce_are_stable_at_huge_logits(device):
@@ -74,13 +83,19 @@ def test_cross_entropy_and_bce_are_stable_at_huge_logits(device):
     value, dpred = olosses.cross_entropy(logits, labels)
     p = torch.tensor(logits, device=device)
     # logit - logsumexp cancels ~11 bits at |logit| ~ 2e3, so agreement is ~1e-13, not 1e-16.
-    grad, got = torch.func.grad_and_value(losses.cross_entropy)(p, torch.tensor(labels, device=device))
+    grad, got = torch.func.grad_and_value(losses.cross_entropy)(
+        p, torch.tensor(labels, device=device)
+    )
     assert np.isfinite(value) and value > 1e3
     assert_trees_close(got, np.array(value), rtol=1e-12, name="cross_entropy")
     assert_trees_close(grad, dpred, rtol=1e-12, name="d cross_entropy")
-    binary = np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.25]])  # logit 0 with target 0: gradient 1/2 / 6
+    binary = np.array(
+        [[0.0, 1.0, 0.0], [1.0, 0.0, 0.25]]
+    )  # logit 0 with target 0: gradient 1/2 / 6
     value, dpred = olosses.binary_cross_entropy_with_logits(logits, binary)
-    grad, got = torch.func.grad_and_value(losses.binary_cross_entropy_with_logits)(p, torch.tensor(binary, device=device))
+    grad, got = torch.func.grad_and_value(losses.binary_cross_entropy_with_logits)(
+        p, torch.tensor(binary, device=device)
+    )
     assert np.isfinite(value)
     assert_trees_close(got, np.array(value), rtol=1e-12, name="bce")
     assert_trees_close(grad, dpred, rtol=1e-12, name="d bce")
@@ -98,7 +113,9 @@ def test_cross_entropy_takes_any_integer_label_dtype_and_one_hot_probabilities()
 def test_cross_entropy_composes_with_vmap_per_example():
     pred, labels = torch.tensor(_case("labels", 5)[0]), torch.tensor([0, 3, 1, 2, 3])
     each = torch.func.vmap(lambda p, t: losses.cross_entropy(p[None], t[None]))(pred, labels)
-    assert_trees_close(each.mean(), losses.cross_entropy(pred, labels), rtol=1e-15, name="mean of per-example")
+    assert_trees_close(
+        each.mean(), losses.cross_entropy(pred, labels), rtol=1e-15, name="mean of per-example"
+    )
 
 
 def test_get_loss_resolves_names_and_callables():
@@ -112,23 +129,110 @@ def _pred():
 
 
 BAD_CALLS = [
-    pytest.param(lambda: losses.get_loss("hinge"), ValueError, r"Unknown loss 'hinge'.*'binary_cross_entropy_with_logits'.*'sse'", id="unknown"),
-    pytest.param(lambda: losses.get_loss(None), TypeError, r"loss must be a name or a callable.*NoneType", id="loss-type"),
-    pytest.param(lambda: losses.mse(_pred(), _pred(), reduction="none"), ValueError, r"Unknown reduction 'none'.*'mean', 'sum'", id="reduction"),
-    pytest.param(lambda: losses.mse(_pred(), torch.zeros(5, 1)), ValueError, r"mse: target has shape \(5, 1\), but pred has shape \(5, 3\)", id="mse-shape"),
-    pytest.param(lambda: losses.l1(_pred(), [0.0] * 15), TypeError, r"l1: target must be a torch.Tensor, got list", id="l1-type"),
-    pytest.param(lambda: losses.huber(_pred(), _pred(), delta=0.0), ValueError, r"huber: delta must be > 0, got 0.0", id="huber-delta"),
-    pytest.param(lambda: losses.cross_entropy(torch.zeros(3), torch.tensor(1)), ValueError, r"pred must be \(N, C\) logits, got shape \(3,\)", id="ce-pred"),
-    pytest.param(lambda: losses.cross_entropy(_pred(), torch.zeros(5, 1, dtype=torch.long)), ValueError, r"labels must have shape \(5,\).*got \(5, 1\)", id="ce-labels-shape"),
-    pytest.param(lambda: losses.cross_entropy(_pred(), torch.zeros(5)), ValueError, r"integer class labels of shape \(5,\) or floating class probabilities of shape \(5, 3\), got float32 of shape \(5,\)", id="ce-float-labels"),
-    pytest.param(lambda: losses.cross_entropy(_pred(), torch.zeros(5, dtype=torch.bool)), ValueError, r"got bool of shape \(5,\)", id="ce-bool"),
-    pytest.param(lambda: losses.binary_cross_entropy_with_logits(_pred(), torch.zeros(3, 5)), ValueError, r"target has shape \(3, 5\)", id="bce-shape"),
-    pytest.param(lambda: losses.check("cross_entropy", (5, 3), torch.tensor([0, 1, 3, 2, 0])), ValueError, r"class labels for 3 classes must lie in \[0, 2\], got values from 0 to 3", id="check-label-high"),
-    pytest.param(lambda: losses.check(losses.cross_entropy, (5, 3), torch.tensor([0, -1, 2, 2, 0])), ValueError, r"must lie in \[0, 2\], got values from -1 to 2", id="check-label-low"),
-    pytest.param(lambda: losses.check(losses.binary_cross_entropy_with_logits, (2, 2), torch.tensor([[0.0, 1.0], [2.0, 0.5]])), ValueError, r"targets must lie in \[0, 1\], got values from 0.0 to 2.0", id="check-bce-range"),
-    pytest.param(lambda: losses.check(partial(losses.mse, reduction="avg"), (5, 3), _pred()), ValueError, r"Unknown reduction 'avg'", id="check-options"),
-    pytest.param(lambda: losses.check("mse", (5, 3), torch.zeros(5)), ValueError, r"mse: target has shape \(5,\), but pred has shape \(5, 3\)", id="check-shape"),
-    pytest.param(lambda: losses.check("mse", (5, 3), np.zeros((5, 3))), TypeError, r"target must be a torch.Tensor, got ndarray", id="check-type"),
+    pytest.param(
+        lambda: losses.get_loss("hinge"),
+        ValueError,
+        r"Unknown loss 'hinge'.*'binary_cross_entropy_with_logits'.*'sse'",
+        id="unknown",
+    ),
+    pytest.param(
+        lambda: losses.get_loss(None),
+        TypeError,
+        r"loss must be a name or a callable.*NoneType",
+        id="loss-type",
+    ),
+    pytest.param(
+        lambda: losses.mse(_pred(), _pred(), reduction="none"),
+        ValueError,
+        r"Unknown reduction 'none'.*'mean', 'sum'",
+        id="reduction",
+    ),
+    pytest.param(
+        lambda: losses.mse(_pred(), torch.zeros(5, 1)),
+        ValueError,
+        r"mse: target has shape \(5, 1\), but pred has shape \(5, 3\)",
+        id="mse-shape",
+    ),
+    pytest.param(
+        lambda: losses.l1(_pred(), [0.0] * 15),
+        TypeError,
+        r"l1: target must be a torch.Tensor, got list",
+        id="l1-type",
+    ),
+    pytest.param(
+        lambda: losses.huber(_pred(), _pred(), delta=0.0),
+        ValueError,
+        r"huber: delta must be > 0, got 0.0",
+        id="huber-delta",
+    ),
+    pytest.param(
+        lambda: losses.cross_entropy(torch.zeros(3), torch.tensor(1)),
+        ValueError,
+        r"pred must be \(N, C\) logits, got shape \(3,\)",
+        id="ce-pred",
+    ),
+    pytest.param(
+        lambda: losses.cross_entropy(_pred(), torch.zeros(5, 1, dtype=torch.long)),
+        ValueError,
+        r"labels must have shape \(5,\).*got \(5, 1\)",
+        id="ce-labels-shape",
+    ),
+    pytest.param(
+        lambda: losses.cross_entropy(_pred(), torch.zeros(5)),
+        ValueError,
+        r"integer class labels of shape \(5,\) or floating class probabilities of shape \(5, 3\), got float32 of shape \(5,\)",
+        id="ce-float-labels",
+    ),
+    pytest.param(
+        lambda: losses.cross_entropy(_pred(), torch.zeros(5, dtype=torch.bool)),
+        ValueError,
+        r"got bool of shape \(5,\)",
+        id="ce-bool",
+    ),
+    pytest.param(
+        lambda: losses.binary_cross_entropy_with_logits(_pred(), torch.zeros(3, 5)),
+        ValueError,
+        r"target has shape \(3, 5\)",
+        id="bce-shape",
+    ),
+    pytest.param(
+        lambda: losses.check("cross_entropy", (5, 3), torch.tensor([0, 1, 3, 2, 0])),
+        ValueError,
+        r"class labels for 3 classes must lie in \[0, 2\], got values from 0 to 3",
+        id="check-label-high",
+    ),
+    pytest.param(
+        lambda: losses.check(losses.cross_entropy, (5, 3), torch.tensor([0, -1, 2, 2, 0])),
+        ValueError,
+        r"must lie in \[0, 2\], got values from -1 to 2",
+        id="check-label-low",
+    ),
+    pytest.param(
+        lambda: losses.check(
+            losses.binary_cross_entropy_with_logits, (2, 2), torch.tensor([[0.0, 1.0], [2.0, 0.5]])
+        ),
+        ValueError,
+        r"targets must lie in \[0, 1\], got values from 0.0 to 2.0",
+        id="check-bce-range",
+    ),
+    pytest.param(
+        lambda: losses.check(partial(losses.mse, reduction="avg"), (5, 3), _pred()),
+        ValueError,
+        r"Unknown reduction 'avg'",
+        id="check-options",
+    ),
+    pytest.param(
+        lambda: losses.check("mse", (5, 3), torch.zeros(5)),
+        ValueError,
+        r"mse: target has shape \(5,\), but pred has shape \(5, 3\)",
+        id="check-shape",
+    ),
+    pytest.param(
+        lambda: losses.check("mse", (5, 3), np.zeros((5, 3))),
+        TypeError,
+        r"target must be a torch.Tensor, got ndarray",
+        id="check-type",
+    ),
 ]
 
 

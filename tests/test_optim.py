@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import pytest
@@ -26,12 +26,26 @@ from functional_nn._pytree import tree_leaves, tree_structure, tree_unflatten
 from oracle.gradcheck import rel_error
 from tests.helpers import assert_trees_close
 
-TORCH = {"sgd": torch.optim.SGD, "rmsprop": torch.optim.RMSprop, "adam": torch.optim.Adam,
-         "adamw": torch.optim.AdamW, "adagrad": torch.optim.Adagrad, "adamax": torch.optim.Adamax,
-         "nadam": torch.optim.NAdam, "radam": torch.optim.RAdam}  # fmt: skip
-ORACLE = {"sgd": oracle.optim.SGD, "rmsprop": oracle.optim.RMSprop, "adam": oracle.optim.Adam,
-          "adamw": oracle.optim.AdamW, "adagrad": oracle.optim.Adagrad, "adamax": oracle.optim.Adamax,
-          "nadam": oracle.optim.NAdam, "radam": oracle.optim.RAdam}  # fmt: skip
+TORCH = {
+    "sgd": torch.optim.SGD,
+    "rmsprop": torch.optim.RMSprop,
+    "adam": torch.optim.Adam,
+    "adamw": torch.optim.AdamW,
+    "adagrad": torch.optim.Adagrad,
+    "adamax": torch.optim.Adamax,
+    "nadam": torch.optim.NAdam,
+    "radam": torch.optim.RAdam,
+}
+ORACLE = {
+    "sgd": oracle.optim.SGD,
+    "rmsprop": oracle.optim.RMSprop,
+    "adam": oracle.optim.Adam,
+    "adamw": oracle.optim.AdamW,
+    "adagrad": oracle.optim.Adagrad,
+    "adamax": oracle.optim.Adamax,
+    "nadam": oracle.optim.NAdam,
+    "radam": oracle.optim.RAdam,
+}
 
 
 @dataclass
@@ -77,7 +91,9 @@ class Case:
 
 def _warmup_cosine(opt):
     warmup = lrs.LinearLR(opt, start_factor=0.01, total_iters=30)
-    return lrs.SequentialLR(opt, [warmup, lrs.CosineAnnealingLR(opt, T_max=270, eta_min=1e-4)], [30])
+    return lrs.SequentialLR(
+        opt, [warmup, lrs.CosineAnnealingLR(opt, T_max=270, eta_min=1e-4)], [30]
+    )
 
 
 CASES = [
@@ -115,21 +131,56 @@ CASES = [
     Case("radam", dict(lr=1e-2, weight_decay=0.1)),
     Case("radam", dict(lr=1e-2, weight_decay=0.1, decoupled_weight_decay=True)),
     Case("radam", dict(lr=1e-2, betas=(0.9, 0.99), maximize=True)),
-    Case("sgd", dict(lr=0.05, momentum=0.9),
-         schedule=("step_decay", dict(init_value=0.05, step_size=40, gamma=0.5), lambda o: lrs.StepLR(o, 40, 0.5))),
-    Case("rmsprop", dict(lr=1e-2),
-         schedule=("exponential_decay", dict(init_value=1e-2, gamma=0.99), lambda o: lrs.ExponentialLR(o, 0.99))),
-    Case("adam", dict(lr=1e-2),
-         schedule=("warmup_cosine_decay", dict(init_value=1e-4, peak_value=1e-2, warmup_steps=30, decay_steps=300,
-                                               end_value=1e-4), _warmup_cosine)),
-    Case("adagrad", dict(lr=5e-2, lr_decay=1e-2),
-         schedule=("cosine_decay", dict(init_value=5e-2, decay_steps=300), lambda o: lrs.CosineAnnealingLR(o, 300))),
-    Case("adamw", dict(lr=1e-2),
-         schedule=("linear", dict(init_value=1e-3, end_value=1e-2, transition_steps=50),
-                   lambda o: lrs.LinearLR(o, start_factor=0.1, total_iters=50))),
+    Case(
+        "sgd",
+        dict(lr=0.05, momentum=0.9),
+        schedule=(
+            "step_decay",
+            dict(init_value=0.05, step_size=40, gamma=0.5),
+            lambda o: lrs.StepLR(o, 40, 0.5),
+        ),
+    ),
+    Case(
+        "rmsprop",
+        dict(lr=1e-2),
+        schedule=(
+            "exponential_decay",
+            dict(init_value=1e-2, gamma=0.99),
+            lambda o: lrs.ExponentialLR(o, 0.99),
+        ),
+    ),
+    Case(
+        "adam",
+        dict(lr=1e-2),
+        schedule=(
+            "warmup_cosine_decay",
+            dict(
+                init_value=1e-4, peak_value=1e-2, warmup_steps=30, decay_steps=300, end_value=1e-4
+            ),
+            _warmup_cosine,
+        ),
+    ),
+    Case(
+        "adagrad",
+        dict(lr=5e-2, lr_decay=1e-2),
+        schedule=(
+            "cosine_decay",
+            dict(init_value=5e-2, decay_steps=300),
+            lambda o: lrs.CosineAnnealingLR(o, 300),
+        ),
+    ),
+    Case(
+        "adamw",
+        dict(lr=1e-2),
+        schedule=(
+            "linear",
+            dict(init_value=1e-3, end_value=1e-2, transition_steps=50),
+            lambda o: lrs.LinearLR(o, start_factor=0.1, total_iters=50),
+        ),
+    ),
     Case("adam", dict(lr=1e-2, amsgrad=True), tensor_lr=True),
     Case("sgd", dict(lr=0.05, momentum=0.9, nesterov=True), tensor_lr=True),
-]  # fmt: skip
+]
 
 DTYPES = [torch.float64, torch.float32]
 # Relative error allowed against torch.optim and the oracle: rounding only, in each dtype.
@@ -160,7 +211,9 @@ def gradient_stream(dtype, seed=0):
     gen = torch.Generator().manual_seed(seed)
 
     def draw():
-        return mlp_tree([torch.randn(s, generator=gen, dtype=torch.float64).to(dtype).double() for s in SHAPES])
+        return mlp_tree(
+            [torch.randn(s, generator=gen, dtype=torch.float64).to(dtype).double() for s in SHAPES]
+        )
 
     return draw(), [draw() for _ in range(STEPS)]
 
@@ -169,7 +222,9 @@ def run_functional(case, params, grads, dtype, device, default=None):
     """Params after each step, and the learning rate the state reports before each step; init
     runs under the default dtype `default` (`dtype` when None), as torch.optim in `run_torch`
     (NAdam's momentum product takes torch's scalar dtype)."""
-    to = lambda tree: [{k: v.to(dtype=dtype, device=device) for k, v in layer.items()} for layer in tree]  # noqa: E731
+    to = lambda tree: [
+        {k: v.to(dtype=dtype, device=device) for k, v in layer.items()} for layer in tree
+    ]
     opt, params = case.fnn(device), to(params)
     with default_dtype(default or dtype):
         state = opt.init(params)
@@ -184,14 +239,18 @@ def run_functional(case, params, grads, dtype, device, default=None):
 
 def run_torch(case, params, grads, dtype, device, default=None):
     """torch.optim's trajectory, run under the default dtype `default` (`dtype` when None)."""
-    leaves = [t.to(dtype=dtype, device=device).clone().requires_grad_(True) for t in tree_leaves(params)]
+    leaves = [
+        t.to(dtype=dtype, device=device).clone().requires_grad_(True) for t in tree_leaves(params)
+    ]
     spec = tree_structure(params)
     with default_dtype(default or dtype):
         opt, scheduler = case.torch(leaves, device)
         trajectory, lrs_seen = [], []
         for step, g in enumerate(grads):
             # Adagrad's lr_decay is part of our scheduled rate; torch applies it inside step().
-            lrs_seen.append(float(opt.param_groups[0]["lr"]) / (1 + step * case.kwargs.get("lr_decay", 0.0)))
+            lrs_seen.append(
+                float(opt.param_groups[0]["lr"]) / (1 + step * case.kwargs.get("lr_decay", 0.0))
+            )
             for p, gi in zip(leaves, tree_leaves(g)):
                 p.grad = gi.to(dtype=dtype, device=device).clone()
             opt.step()
@@ -212,7 +271,9 @@ def run_oracle(case, params, grads):
 
 def stacked(trajectory):
     """One (steps, *shape) tensor per leaf: the whole trajectory as a tree."""
-    return [torch.stack(leaf).detach().cpu().double() for leaf in zip(*map(tree_leaves, trajectory))]
+    return [
+        torch.stack(leaf).detach().cpu().double() for leaf in zip(*map(tree_leaves, trajectory))
+    ]
 
 
 def stream_errors(case, dtype, device):
@@ -223,13 +284,23 @@ def stream_errors(case, dtype, device):
     reference = run_oracle(case, params, grads)
     rtol = STREAM_RTOL[dtype]
     return {
-        "torch": assert_trees_close(stacked(ours), stacked(theirs), rtol, "functional_nn vs torch.optim"),
-        "oracle": assert_trees_close(stacked(ours), stacked(reference), rtol, "functional_nn vs oracle"),
-        "torch-oracle": assert_trees_close(stacked(theirs), stacked(reference), rtol, "torch.optim vs oracle"),
-        "lr": assert_trees_close(np.array(our_lrs), np.array(torch_lrs), 1e-14, "current_lr vs torch's lr"),
-        "moved": rel_error(np.concatenate([t.numpy().ravel() for t in tree_leaves(reference[-1])]),
-                           np.concatenate([t.numpy().ravel() for t in tree_leaves(params)])),
-    }  # fmt: skip
+        "torch": assert_trees_close(
+            stacked(ours), stacked(theirs), rtol, "functional_nn vs torch.optim"
+        ),
+        "oracle": assert_trees_close(
+            stacked(ours), stacked(reference), rtol, "functional_nn vs oracle"
+        ),
+        "torch-oracle": assert_trees_close(
+            stacked(theirs), stacked(reference), rtol, "torch.optim vs oracle"
+        ),
+        "lr": assert_trees_close(
+            np.array(our_lrs), np.array(torch_lrs), 1e-14, "current_lr vs torch's lr"
+        ),
+        "moved": rel_error(
+            np.concatenate([t.numpy().ravel() for t in tree_leaves(reference[-1])]),
+            np.concatenate([t.numpy().ravel() for t in tree_leaves(params)]),
+        ),
+    }
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -248,17 +319,21 @@ TRAIN_RTOL = {torch.float64: 1e-12, torch.float32: 5e-5}
 def training_problem(dtype, device):
     net = fnn.mlp([4, 8, 3])
     gen = torch.Generator().manual_seed(1)
-    params = [{k: 0.3 * v for k, v in layer.items()} for layer in net.init(gen, dtype=torch.float64)]
+    params = [
+        {k: 0.3 * v for k, v in layer.items()} for layer in net.init(gen, dtype=torch.float64)
+    ]
     x = torch.randn(8, 4, generator=gen, dtype=torch.float64) * 0.5
     y = torch.randn(8, 3, generator=gen, dtype=torch.float64)
     params = [{k: v.to(dtype).double() for k, v in layer.items()} for layer in params]
     x, y = x.to(dtype).double(), y.to(dtype).double()
-    cast = lambda t: t.to(dtype=dtype, device=device)  # noqa: E731
+    cast = lambda t: t.to(dtype=dtype, device=device)
     return net, params, x, y, cast
 
 
 def train_torch(case, params, x, y, cast, device, dtype, sign):
-    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3)).to(device, dtype)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3)).to(
+        device, dtype
+    )
     with torch.no_grad():
         for linear, layer in zip([model[0], model[2]], params):
             linear.weight.copy_(layer["weight"]), linear.bias.copy_(layer["bias"])
@@ -270,7 +345,9 @@ def train_torch(case, params, x, y, cast, device, dtype, sign):
             opt.step()
             if scheduler is not None:
                 scheduler.step()
-    return [{"weight": lin.weight.detach(), "bias": lin.bias.detach()} for lin in (model[0], model[2])]
+    return [
+        {"weight": lin.weight.detach(), "bias": lin.bias.detach()} for lin in (model[0], model[2])
+    ]
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -280,12 +357,14 @@ def test_training_three_ways(case, dtype, device):
     # Ascent on -sse is descent on sse: maximize=True configs train on the negated loss.
     sign = -1.0 if case.kwargs.get("maximize") else 1.0
     start = [{k: cast(v) for k, v in layer.items()} for layer in params]
-    loss = lambda pred, target: sign * fnn.sse(pred, target)  # noqa: E731
+    loss = lambda pred, target: sign * fnn.sse(pred, target)
     with default_dtype(dtype):  # as train_torch's
-        ours = fnn.fit(start, cast(x), cast(y), case.fnn(device), model=net, loss=loss, steps=TRAIN_STEPS).params
+        ours = fnn.fit(
+            start, cast(x), cast(y), case.fnn(device), model=net, loss=loss, steps=TRAIN_STEPS
+        ).params
     theirs = train_torch(case, params, x, y, cast, device, dtype, sign)
     as_np = [{k: v.numpy() for k, v in layer.items()} for layer in params]
-    oracle_loss = lambda pred, target: tuple(sign * v for v in oracle.losses.sse(pred, target))  # noqa: E731
+    oracle_loss = lambda pred, target: tuple(sign * v for v in oracle.losses.sse(pred, target))
     reference, _ = oracle.train.train(
         as_np, x.numpy(), y.numpy(), case.oracle(), steps=TRAIN_STEPS, loss=oracle_loss
     )
@@ -314,18 +393,24 @@ FIRST_DIRECTION = [
 ]
 
 
-@pytest.mark.parametrize("name, kwargs, direction", FIRST_DIRECTION, ids=[c[0] for c in FIRST_DIRECTION])
+@pytest.mark.parametrize(
+    "name, kwargs, direction", FIRST_DIRECTION, ids=[c[0] for c in FIRST_DIRECTION]
+)
 def test_first_step_by_hand(name, kwargs, direction):
     params, (g, *_) = gradient_stream(torch.float64)
     case = Case(name, dict(lr=0.1, **kwargs))
-    expected = [p.numpy() - 0.1 * direction(x.numpy()) for p, x in zip(tree_leaves(params), tree_leaves(g))]
+    expected = [
+        p.numpy() - 0.1 * direction(x.numpy()) for p, x in zip(tree_leaves(params), tree_leaves(g))
+    ]
     ours, _ = run_functional(case, params, [g], torch.float64, "cpu")
     assert_trees_close(tree_leaves(ours[0]), expected, 1e-14, "functional_nn")
     assert_trees_close(tree_leaves(run_oracle(case, params, [g])[0]), expected, 1e-14, "oracle")
 
 
 @pytest.mark.parametrize("default", [torch.float64, torch.float32], ids=str)
-@pytest.mark.parametrize("kwargs", [dict(lr=1e-2), dict(lr=1e-2, momentum_decay=1e-2, weight_decay=0.1)], ids=str)
+@pytest.mark.parametrize(
+    "kwargs", [dict(lr=1e-2), dict(lr=1e-2, momentum_decay=1e-2, weight_decay=0.1)], ids=str
+)
 def test_nadam_keeps_its_momentum_product_in_torchs_scalar_dtype(kwargs, default):
     """torch.optim.NAdam rounds its momentum product in the default dtype if that is float64, else
     in float32 (`_get_scalar_dtype`); so do we, so float64 params follow torch's to rounding under
@@ -366,4 +451,6 @@ def test_tensor_betas_follow_torch_optim_adam():
     params, grads = gradient_stream(torch.float64)
     ours, _ = run_functional(case, params, grads, torch.float64, "cpu")
     theirs, _ = run_torch(case, params, grads, torch.float64, "cpu")
-    assert_trees_close(stacked(ours), stacked(theirs), STREAM_RTOL[torch.float64], "functional_nn vs torch.optim")
+    assert_trees_close(
+        stacked(ours), stacked(theirs), STREAM_RTOL[torch.float64], "functional_nn vs torch.optim"
+    )

@@ -49,7 +49,7 @@ ALLOCATIONS = {
 
 def _problem(dtype=torch.float64):
     gen = torch.Generator().manual_seed(0)
-    draw = lambda: mlp_tree([torch.randn(s, generator=gen, dtype=dtype) for s in SHAPES])  # noqa: E731
+    draw = lambda: mlp_tree([torch.randn(s, generator=gen, dtype=dtype) for s in SHAPES])
     return draw(), draw()
 
 
@@ -86,7 +86,9 @@ def test_grads_that_require_grad_take_the_out_of_place_path_and_differentiate(na
     for a, b in zip(tree_leaves(before), tree_leaves((params, g, state))):
         assert torch.equal(a, b)
     reference, _ = opt.update(detached, state, params)
-    assert all(torch.equal(a, b.detach()) for a, b in zip(tree_leaves(reference), tree_leaves(updates)))
+    assert all(
+        torch.equal(a, b.detach()) for a, b in zip(tree_leaves(reference), tree_leaves(updates))
+    )
 
     def squared(grads):
         return sum((u * u).sum() for u in tree_leaves(opt.update(grads, state, params)[0]))
@@ -129,4 +131,7 @@ def test_step_factors_are_floats_in_eager_cpu_code_and_tensors_where_traced():
     assert _foreach.value(count) == 3.0 and isinstance(_foreach.value(count), float)
     batched = torch.func.vmap(lambda c: _foreach.value(c) * 1.0)(torch.tensor([1, 2]))
     assert batched.dtype == torch.float64 and batched.tolist() == [1.0, 2.0]
-    assert _foreach.select(torch.tensor(True), 1.0, 2.0).item() == 1.0 and _foreach.select(False, 1.0, 2.0) == 2.0
+    assert (
+        _foreach.select(torch.tensor(True), 1.0, 2.0).item() == 1.0
+        and _foreach.select(False, 1.0, 2.0) == 2.0
+    )

@@ -28,7 +28,9 @@ OPTIMIZERS = {
     "adamax": lambda lr: optim.adamax(lr, weight_decay=0.1),
     "nadam": lambda lr: optim.nadam(lr, weight_decay=0.1, decoupled_weight_decay=True),
     "radam": lambda lr: optim.radam(lr, weight_decay=0.1),
-    "clipped-adam": lambda lr: optim.chain(optim.clip_by_global_norm(1.0), optim.clip_by_value(0.5), optim.adam(lr)),
+    "clipped-adam": lambda lr: optim.chain(
+        optim.clip_by_global_norm(1.0), optim.clip_by_value(0.5), optim.adam(lr)
+    ),
 }
 DTYPES = [torch.float64, torch.float32]
 TIGHT = {torch.float64: 1e-14, torch.float32: 1e-6}  # same ops, maybe fused differently
@@ -36,7 +38,9 @@ STEPS = 8  # RAdam switches to its rectified branch at step 6
 
 
 def draw(gen, dtype, device, batch=()):
-    return mlp_tree([torch.randn(*batch, *s, generator=gen, dtype=dtype).to(device) for s in SHAPES])
+    return mlp_tree(
+        [torch.randn(*batch, *s, generator=gen, dtype=dtype).to(device) for s in SHAPES]
+    )
 
 
 def run(opt, params, grads, state=None):
@@ -83,9 +87,11 @@ def test_state_structure_is_fixed_and_on_the_params_device(name, dtype, device):
         layouts.append(_layout(state))
     assert all(layout == layouts[0] for layout in layouts)
     assert {leaf.device for leaf in tree_leaves(state)} == {params[0]["weight"].device}
-    counted = lambda s: "count" in getattr(type(s), "_fields", ())  # noqa: E731
+    counted = lambda s: "count" in getattr(type(s), "_fields", ())
     counts = [s.count for s in tree_leaves(state, is_leaf=counted) if counted(s)]
-    assert counts and all(c.dtype == torch.int64 and c.ndim == 0 and int(c) == STEPS for c in counts)
+    assert counts and all(
+        c.dtype == torch.int64 and c.ndim == 0 and int(c) == STEPS for c in counts
+    )
 
 
 @pytest.mark.parametrize("name", OPTIMIZERS)
@@ -136,7 +142,9 @@ def test_vmap_over_params_equals_separate_runs(name, dtype, device):
         alone, alone_state = run(make(float(lrs[i])), params[i], [g[i] for g in grads])
         assert_trees_close(_unstack(batched, i), alone, TIGHT[dtype], f"model {i} under vmap")
         assert_trees_close(_unstack(state, i), alone_state, TIGHT[dtype], f"state {i} under vmap")
-        assert float(optim.current_lr(_unstack(state, i))) == pytest.approx(float(optim.current_lr(alone_state)), rel=1e-15)
+        assert float(optim.current_lr(_unstack(state, i))) == pytest.approx(
+            float(optim.current_lr(alone_state)), rel=1e-15
+        )
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -154,7 +162,7 @@ def test_multi_tensor_and_per_tensor_paths_agree(name, dtype, device, monkeypatc
     multi, multi_state = run(opt, params, grads)
     assert paths and all(paths)
     paths.clear()
-    one = lambda tree: tree_map(lambda x: x.unsqueeze(0), tree)  # noqa: E731
+    one = lambda tree: tree_map(lambda x: x.unsqueeze(0), tree)
     single, single_state = vmap(lambda p, *gs: run(opt, p, gs))(one(params), *map(one, grads))
     assert paths and not any(paths)
     assert_trees_close(_unstack(single, 0), multi, TIGHT[dtype], "per-tensor path")
@@ -234,4 +242,6 @@ def test_grad_through_an_update_with_respect_to_a_tensor_lr(device):
 
     lr = torch.tensor(1e-2, dtype=torch.float64, device=device)
     expected = -sum((t / (t.abs() + 1e-8)).sum() for t in tree_leaves(g))
-    assert float(torch.func.grad(total_after_one_step)(lr)) == pytest.approx(float(expected), rel=1e-14)
+    assert float(torch.func.grad(total_after_one_step)(lr)) == pytest.approx(
+        float(expected), rel=1e-14
+    )

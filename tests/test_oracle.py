@@ -9,6 +9,8 @@ catching a gradient off by one part in a million (see test_gradcheck_catches_a_s
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -49,7 +51,9 @@ def test_rel_error_known_values():
     b = a + np.array([0.0, 0.0, 0.6])
     assert rel_error(a, b) == pytest.approx(0.6 / 6.6, rel=1e-15)
     assert rel_error(a, b) == rel_error(b, a)
-    assert rel_error(1e-30 * a, 1e-30 * b) == pytest.approx(rel_error(a, b), rel=1e-12)  # scale-free
+    assert rel_error(1e-30 * a, 1e-30 * b) == pytest.approx(
+        rel_error(a, b), rel=1e-12
+    )  # scale-free
 
 
 def test_numerical_gradient_of_a_cubic():
@@ -143,7 +147,7 @@ def _mlp_params(sizes, bias: bool, rng) -> list[dict]:
     # 1/sqrt(fan_in) scaling keeps activations O(1) at every depth, so central differences stay
     # accurate (the error bound scales with |f| / |grad|).
     params = []
-    for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+    for fan_in, fan_out in itertools.pairwise(sizes):
         layer = {"weight": rng.standard_normal((fan_out, fan_in)) / np.sqrt(fan_in)}
         if bias:
             layer["bias"] = rng.standard_normal(fan_out)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Callable
+from collections.abc import Callable
 
 
 def number(
@@ -26,7 +26,7 @@ def number(
         finite = math.isfinite(value)
     except OverflowError:  # an int beyond float's range
         finite = False
-    if not (finite or allow_inf and value == math.inf):
+    if not (finite or (allow_inf and value == math.inf)):
         raise ValueError(f"Invalid {name}: {value} (not finite; expected {expected}).")
     if not ok(value):
         raise ValueError(f"Invalid {name}: {value} (expected {expected}).")
@@ -42,7 +42,9 @@ def flags(**values: bool) -> None:
     """Raise TypeError unless each keyword's value is a bool."""
     for name, value in values.items():
         if not isinstance(value, bool):
-            raise TypeError(f"{name} must be a bool (True or False), got {type(value).__name__}: {value!r}.")
+            raise TypeError(
+                f"{name} must be a bool (True or False), got {type(value).__name__}: {value!r}."
+            )
 
 
 def integer(name: str, value, minimum: int) -> None:

@@ -76,7 +76,9 @@ def reusable(a: list[Tensor], *operands) -> bool:
     if not torch.is_grad_enabled():
         return True
     for x in (a, *operands):
-        if isinstance(x, Tensor) and x.requires_grad or isinstance(x, list) and any(map(_requires_grad, x)):
+        if (isinstance(x, Tensor) and x.requires_grad) or (
+            isinstance(x, list) and any(map(_requires_grad, x))
+        ):
             return False
     return True
 
@@ -230,7 +232,7 @@ def sqrt_(a: list[Tensor]) -> Fresh:
     return sqrt(a)
 
 
-def abs(a: list[Tensor]) -> Fresh:  # noqa: A001 - mirrors torch._foreach_abs
+def abs(a: list[Tensor]) -> Fresh:
     """Element-wise |a|."""
     if multi_tensor(a):
         return _fresh(torch._foreach_abs(a))
@@ -271,4 +273,3 @@ def norm(a: list[Tensor]) -> list[Tensor]:
     if multi_tensor(a):
         return list(torch._foreach_norm(a))
     return [torch.linalg.vector_norm(x) for x in a]
-

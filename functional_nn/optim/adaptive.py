@@ -41,7 +41,9 @@ def _scalar_dtype() -> torch.dtype:
     return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
 
 
-def _moments(g: list[Tensor], state, spec, b1: float, b2: float) -> tuple[list[Tensor], list[Tensor]]:
+def _moments(
+    g: list[Tensor], state, spec, b1: float, b2: float
+) -> tuple[list[Tensor], list[Tensor]]:
     """Adam's moments, as torch updates them: m = lerp(m, g, 1 - b1), v = b2 v + (1 - b2) g^2."""
     mu = _foreach.lerp(checked_leaves(state.mu, g, spec), g, 1.0 - b1)
     nu = _foreach.addcmul_(_foreach.mul(tree_leaves(state.nu), b2), g, g, 1.0 - b2)
@@ -100,7 +102,7 @@ def scale_by_adam(
         bias_correction2_sqrt = scalar_sqrt(1.0 - b2**t)
         denom = _foreach.mul_(_foreach.sqrt(nu_max), once(bias_correction1 / bias_correction2_sqrt))
         out = _over(mu, _foreach.add_scalar_(denom, once(eps * bias_correction1)))
-        tree = lambda leaves: tree_unflatten(leaves, spec)  # noqa: E731
+        tree = lambda leaves: tree_unflatten(leaves, spec)
         return out, ScaleByAdamState(count, tree(mu), tree(nu), tree(nu_max) if amsgrad else ())
 
     return leafwise(init, update_leaves, ScaleByAdamState)
@@ -115,7 +117,9 @@ class ScaleByAdamaxState(NamedTuple):
     nu: PyTree
 
 
-def scale_by_adamax(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> GradientTransformation:
+def scale_by_adamax(
+    b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8
+) -> GradientTransformation:
     """Adamax's direction (Kingma & Ba 2015, Algorithm 2), with torch.optim.Adamax's arithmetic.
 
     m_t = lerp(m_{t-1}, g_t, 1 - b1);  u_t = max(b2 u_{t-1}, |g_t| + eps);
@@ -236,7 +240,9 @@ def scale_by_radam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> Gra
         mu, nu = _moments(g, state, spec, b1, b2)
         bias_correction1, bias_correction2 = 1.0 - b1**t, 1.0 - b2**t
         rho_t = rho_inf - 2 * t * b2**t / bias_correction2
-        rect = scalar_sqrt((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t))
+        rect = scalar_sqrt(
+            (rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t)
+        )
         # Both branches in one expression, picked by `select`: no host sync decides the step.
         rectified = rho_t > 5.0
         s_t = select(rectified, scalar_sqrt(bias_correction2) * rect / bias_correction1, 0.0)
@@ -258,7 +264,9 @@ class ScaleByRmsState(NamedTuple):
     mu: PyTree
 
 
-def scale_by_rms(alpha: float = 0.99, eps: float = 1e-8, centered: bool = False) -> GradientTransformation:
+def scale_by_rms(
+    alpha: float = 0.99, eps: float = 1e-8, centered: bool = False
+) -> GradientTransformation:
     """RMSprop's direction (Hinton's lecture 6e; centered: Graves 2013), as torch.optim.RMSprop.
 
     v_t = alpha v_{t-1} + (1 - alpha) g_t^2;  m_t = lerp(m_{t-1}, g_t, 1 - alpha) if centered;
@@ -285,7 +293,9 @@ def scale_by_rms(alpha: float = 0.99, eps: float = 1e-8, centered: bool = False)
         else:
             avg = _foreach.sqrt(nu)
         out = _over(g, _foreach.add_scalar_(avg, eps))
-        return out, ScaleByRmsState(tree_unflatten(nu, spec), tree_unflatten(mu, spec) if centered else ())
+        return out, ScaleByRmsState(
+            tree_unflatten(nu, spec), tree_unflatten(mu, spec) if centered else ()
+        )
 
     return leafwise(init, update_leaves, ScaleByRmsState)
 
@@ -297,7 +307,9 @@ class ScaleByRssState(NamedTuple):
     sum_of_squares: PyTree
 
 
-def scale_by_rss(initial_accumulator_value: float = 0.0, eps: float = 1e-10) -> GradientTransformation:
+def scale_by_rss(
+    initial_accumulator_value: float = 0.0, eps: float = 1e-10
+) -> GradientTransformation:
     """Adagrad's direction (Duchi et al. 2011), as torch.optim.Adagrad.
 
     s_t = s_{t-1} + g_t^2, s_0 = initial_accumulator_value;  updates = g_t / (sqrt(s_t) + eps).
@@ -310,7 +322,9 @@ def scale_by_rss(initial_accumulator_value: float = 0.0, eps: float = 1e-10) -> 
     non_negative(initial_accumulator_value=initial_accumulator_value, eps=eps)
 
     def init(params):
-        return ScaleByRssState(tree_map(lambda p: torch.full_like(p, initial_accumulator_value), params))
+        return ScaleByRssState(
+            tree_map(lambda p: torch.full_like(p, initial_accumulator_value), params)
+        )
 
     def update_leaves(g, state, params, spec):
         total = _foreach.addcmul(checked_leaves(state.sum_of_squares, g, spec), g, g, 1.0)

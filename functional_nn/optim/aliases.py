@@ -23,7 +23,14 @@ from .adaptive import (
     scale_by_rss,
 )
 from .base import GradientTransformation, chain
-from .transforms import Schedule, add_decayed_weights, as_schedule, scale, scale_by_learning_rate, trace
+from .transforms import (
+    Schedule,
+    add_decayed_weights,
+    as_schedule,
+    scale,
+    scale_by_learning_rate,
+    trace,
+)
 
 LearningRate = float | torch.Tensor | Schedule
 
@@ -34,7 +41,9 @@ Betas = tuple[float, float] | tuple[torch.Tensor, torch.Tensor]
 def _betas(betas: Betas) -> tuple[float, float]:
     """betas as two floats in [0, 1), after torch.optim.Adam's checks (two numbers or two tensors)."""
     if not isinstance(betas, (tuple, list)) or len(betas) != 2:
-        raise ValueError(f"Invalid betas: {betas!r} (expected a pair (beta1, beta2), e.g. (0.9, 0.999)).")
+        raise ValueError(
+            f"Invalid betas: {betas!r} (expected a pair (beta1, beta2), e.g. (0.9, 0.999))."
+        )
     if isinstance(betas[0], torch.Tensor) != isinstance(betas[1], torch.Tensor):
         raise ValueError(
             f"betas must be either both floats or both Tensors (as in torch.optim.Adam), got "
@@ -194,7 +203,9 @@ def adamw(
     non_negative(weight_decay=weight_decay)
     flags(maximize=maximize)
     direction = scale_by_adam(b1, b2, eps, amsgrad)
-    return chain(*_parts(maximize, weight_decay, direction, decoupled=True), scale_by_learning_rate(lr))
+    return chain(
+        *_parts(maximize, weight_decay, direction, decoupled=True), scale_by_learning_rate(lr)
+    )
 
 
 def adagrad(

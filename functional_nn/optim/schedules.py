@@ -15,7 +15,7 @@ CosineAnnealingLR. Names and the count convention follow optax.
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -50,7 +50,9 @@ def step_decay(init_value: float, step_size: int, gamma: float = 0.1) -> Schedul
     _check_value("init_value", init_value)
     _check_value("gamma", gamma)
     integer("step_size", step_size, 1)
-    return lambda count: init_value * torch.pow(gamma, (_as_count(count) // step_size).to(torch.float64))
+    return lambda count: (
+        init_value * torch.pow(gamma, (_as_count(count) // step_size).to(torch.float64))
+    )
 
 
 def exponential_decay(init_value: float, gamma: float) -> Schedule:
@@ -106,7 +108,9 @@ def join(schedules: Sequence[Schedule], boundaries: Sequence[int]) -> Schedule:
         )
     for i, s in enumerate(schedules):
         if not callable(s):
-            raise TypeError(f"schedules[{i}] must be a schedule (count -> lr), got {type(s).__name__}.")
+            raise TypeError(
+                f"schedules[{i}] must be a schedule (count -> lr), got {type(s).__name__}."
+            )
     for i, b in enumerate(boundaries):
         integer(f"boundaries[{i}]", b, boundaries[i - 1] + 1 if i else 0)
 
@@ -121,7 +125,11 @@ def join(schedules: Sequence[Schedule], boundaries: Sequence[int]) -> Schedule:
 
 
 def warmup_cosine_decay(
-    init_value: float, peak_value: float, warmup_steps: int, decay_steps: int, end_value: float = 0.0
+    init_value: float,
+    peak_value: float,
+    warmup_steps: int,
+    decay_steps: int,
+    end_value: float = 0.0,
 ) -> Schedule:
     """Linear warmup from init_value to peak_value over warmup_steps, then cosine decay to end_value
     at decay_steps (the total length, warmup included), as optax's schedule of that name.

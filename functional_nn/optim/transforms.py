@@ -18,14 +18,13 @@ from torch import Tensor
 from .._pytree import (
     PyTree,
     register_namedtuple,
-    tree_flatten,
     tree_leaves,
     tree_unflatten,
     zeros_like,
 )
 from . import _foreach
-from ._foreach import once
 from ._checks import number
+from ._foreach import once
 from .base import EmptyState, GradientTransformation, checked_leaves, leafwise, param_leaves
 from .schedules import Schedule
 
@@ -136,7 +135,10 @@ def scale_by_learning_rate(lr: float | Tensor | Schedule) -> GradientTransformat
         if isinstance(lr, numbers.Real):  # the Python float, exactly as torch's alpha=-lr
             step_lr, next_lr = lr, torch.full_like(state.lr, lr)
         else:
-            step_lr, next_lr = once(_float64(schedule(state.count), count)), _float64(schedule(count), count)
+            step_lr, next_lr = (
+                once(_float64(schedule(state.count), count)),
+                _float64(schedule(count), count),
+            )
         return _foreach.mul_(g, -step_lr), ScaleByLearningRateState(count, next_lr)
 
     return leafwise(init, update_leaves, ScaleByLearningRateState)
@@ -150,7 +152,7 @@ def current_lr(state: PyTree) -> Tensor:
     Returns:
         A float64 0-d tensor on the params' device (batched like the state under vmap).
     """
-    is_lr = lambda s: isinstance(s, ScaleByLearningRateState)  # noqa: E731
+    is_lr = lambda s: isinstance(s, ScaleByLearningRateState)
     found = [s for s in tree_leaves(state, is_leaf=is_lr) if is_lr(s)]
     if len(found) != 1:
         raise ValueError(
@@ -162,7 +164,7 @@ def current_lr(state: PyTree) -> Tensor:
 
 def as_schedule(lr: float | Tensor | Schedule) -> Schedule:
     """`lr` as a schedule `count -> lr`, after checking it (see `scale_by_learning_rate`)."""
-    if isinstance(lr, bool) or not isinstance(lr, (numbers.Real, Tensor)) and not callable(lr):
+    if isinstance(lr, bool) or (not isinstance(lr, (numbers.Real, Tensor)) and not callable(lr)):
         raise TypeError(
             f"lr must be a number, a 0-d tensor or a schedule (count -> lr), got "
             f"{type(lr).__name__}: {lr!r}."
@@ -192,7 +194,9 @@ class TraceState(NamedTuple):
     momentum_buffer: PyTree
 
 
-def trace(momentum: float, dampening: float = 0.0, nesterov: bool = False) -> GradientTransformation:
+def trace(
+    momentum: float, dampening: float = 0.0, nesterov: bool = False
+) -> GradientTransformation:
     """torch.optim.SGD's momentum (RMSprop's too, with dampening 0).
 
     b_1 = g_1;  b_t = momentum * b_{t-1} + (1 - dampening) * g_t;
