@@ -8,7 +8,7 @@ import torch
 
 import oracle.optim
 from functional_nn import optim
-from functional_nn._pytree import tree_leaves
+from functional_nn._pytree import tree_leaves, tree_map
 from tests.helpers import assert_trees_close, to_numpy
 from tests.test_optim import SHAPES, mlp_tree
 
@@ -36,11 +36,13 @@ def test_clip_by_global_norm_equals_clip_grad_norm(max_norm, dtype, device):
     grads = draw(0, dtype, device)
     t = optim.clip_by_global_norm(max_norm)
     ours, _ = t.update(grads, t.init(grads))
-    theirs = torch_clipped(grads, lambda ps: torch.nn.utils.clip_grad_norm_(ps, max_norm, foreach=False))
+    theirs = torch_clipped(
+        grads, lambda ps: torch.nn.utils.clip_grad_norm_(ps, max_norm, foreach=False)
+    )
     reference = oracle.optim.clip_grad_norm(tree_leaves(to_numpy(grads)), max_norm)
     assert_trees_close(tree_leaves(ours), theirs, RTOL[dtype], "vs clip_grad_norm_")
     assert_trees_close(tree_leaves(ours), reference, RTOL[dtype], "vs oracle")
-    norm = lambda tree: np.sqrt(sum(float((g.double() ** 2).sum()) for g in tree_leaves(tree)))  # noqa: E731
+    norm = lambda tree: np.sqrt(sum(float((g.double() ** 2).sum()) for g in tree_leaves(tree)))
     if norm(grads) > max_norm:
         assert norm(ours) == pytest.approx(max_norm, rel=1e-5)
     else:
@@ -52,7 +54,9 @@ def test_clip_by_value_equals_clip_grad_value(dtype, device):
     grads = draw(1, dtype, device)
     t = optim.clip_by_value(0.5)
     ours, _ = t.update(grads, t.init(grads))
-    theirs = torch_clipped(grads, lambda ps: torch.nn.utils.clip_grad_value_(ps, 0.5, foreach=False))
+    theirs = torch_clipped(
+        grads, lambda ps: torch.nn.utils.clip_grad_value_(ps, 0.5, foreach=False)
+    )
     reference = oracle.optim.clip_grad_value(tree_leaves(to_numpy(grads)), 0.5)
     assert_trees_close(tree_leaves(ours), theirs, 0.0, "vs clip_grad_value_")
     assert_trees_close(tree_leaves(ours), reference, 0.0, "vs oracle")
@@ -65,8 +69,12 @@ def _tree_level(t):
 
 
 def test_chain_of_tree_level_transforms_equals_the_list_level_chain(device):
-    parts = lambda: [optim.clip_by_global_norm(1.0), optim.add_decayed_weights(0.1), optim.scale_by_adam(),  # noqa: E731
-                     optim.scale_by_learning_rate(1e-2)]  # fmt: skip
+    parts = lambda: [
+        optim.clip_by_global_norm(1.0),
+        optim.add_decayed_weights(0.1),
+        optim.scale_by_adam(),
+        optim.scale_by_learning_rate(1e-2),
+    ]
     fast, slow = optim.chain(*parts()), optim.chain(*map(_tree_level, parts()))
     params = draw(2, torch.float64, device)
     fast_state, slow_state = fast.init(params), slow.init(params)
@@ -74,7 +82,9 @@ def test_chain_of_tree_level_transforms_equals_the_list_level_chain(device):
         g = draw(seed, torch.float64, device)
         fast_updates, fast_state = fast.update(g, fast_state, params)
         slow_updates, slow_state = slow.update(g, slow_state, params)
-        assert all(torch.equal(a, b) for a, b in zip(tree_leaves(fast_updates), tree_leaves(slow_updates)))
+        assert all(
+            torch.equal(a, b) for a, b in zip(tree_leaves(fast_updates), tree_leaves(slow_updates))
+        )
         params = optim.apply_updates(params, fast_updates)
     assert all(torch.equal(a, b) for a, b in zip(tree_leaves(fast_state), tree_leaves(slow_state)))
 
@@ -92,7 +102,11 @@ def test_chain_applies_transforms_in_order(device):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_learning_rate_as_number_tensor_or_schedule_give_the_same_step(dtype, device):
     g = draw(5, dtype, device)
-    forms = [0.25, torch.tensor(0.25, dtype=torch.float64, device=device), optim.schedules.constant(0.25)]
+    forms = [
+        0.25,
+        torch.tensor(0.25, dtype=torch.float64, device=device),
+        optim.schedules.constant(0.25),
+    ]
     results = []
     for lr in forms:
         t = optim.scale_by_learning_rate(lr)
@@ -109,3 +123,23 @@ def test_apply_updates_adds_and_keeps_the_tree(device):
     new = optim.apply_updates(params, updates)
     assert [list(layer) for layer in new] == [["weight", "bias"], ["weight", "bias"]]
     assert all(torch.equal(n, p + u) for n, p, u in zip(*map(tree_leaves, (new, params, updates))))
+
+
+def test_chain_forwards_extra_args_to_the_transforms_that_take_them():
+    seen = []
+
+    def reads_value(grads, state, params=None, **extra_args):
+        seen.append(sorted(extra_args))
+        return tree_map(lambda g: g * extra_args["value"], grads), state
+
+    takes = optim.GradientTransformationExtraArgs(lambda p: optim.EmptyState(), reads_value)
+    # A plain transform's update takes no extra arguments: chain must not pass it any.
+    opt = optim.chain(optim.scale(2.0), takes, optim.scale(-1.0))
+    assert isinstance(opt, optim.GradientTransformationExtraArgs)
+    assert not isinstance(optim.chain(optim.scale(2.0)), optim.GradientTransformationExtraArgs)
+    params = {"w": torch.ones(3, dtype=torch.float64)}
+    updates, _ = opt.update(
+        params, opt.init(params), params, value=torch.tensor(3.0), value_fn=None
+    )
+    assert seen == [["value", "value_fn"]]
+    assert torch.equal(updates["w"], torch.full((3,), -6.0, dtype=torch.float64))

@@ -16,7 +16,13 @@ from .adaptive import (
     scale_by_rss,
 )
 from .aliases import adagrad, adam, adamax, adamw, nadam, radam, rmsprop, sgd
-from .base import EmptyState, GradientTransformation, apply_updates, chain
+from .base import (
+    EmptyState,
+    GradientTransformation,
+    GradientTransformationExtraArgs,
+    apply_updates,
+    chain,
+)
 from .transforms import (
     ScaleByLearningRateState,
     TraceState,
@@ -32,6 +38,7 @@ from .transforms import (
 __all__ = [
     "EmptyState",
     "GradientTransformation",
+    "GradientTransformationExtraArgs",
     "ScaleByAdamState",
     "ScaleByAdamaxState",
     "ScaleByLearningRateState",

@@ -17,7 +17,8 @@ and updates of another dtype than the params (`apply_updates` never promotes the
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -46,6 +47,18 @@ class GradientTransformation(NamedTuple):
 
     init: Callable[[PyTree], PyTree]
     update: Callable[[PyTree, PyTree, PyTree | None], tuple[PyTree, PyTree]]
+
+
+class GradientTransformationExtraArgs(GradientTransformation):
+    """A GradientTransformation whose update also reads extra keyword arguments, as optax's of the
+    same name: `update(grads, state, params=None, **extra_args)`.
+
+    The extra arguments fit passes (and a hand-written loop should): `value`, the 0-d loss at
+    `params` on this step's batch (what ReduceLROnPlateau-like transforms read), and `value_fn`,
+    `value_fn(params) -> 0-d loss` on the same batch (what a line search re-evaluates). An update
+    takes the ones it needs by name and ignores the rest (`**extra_args`). `chain` forwards them
+    to the members of this type only; a plain GradientTransformation never sees them.
+    """
 
 
 @register_namedtuple
@@ -115,7 +128,11 @@ def check_state(state: PyTree, state_type: type, grads: list[Tensor], spec) -> N
         return
     count = state.count
     if not isinstance(count, Tensor) or not _is_integer(count.dtype):
-        given = f"dtype {count.dtype}" if isinstance(count, Tensor) else f"{type(count).__name__}: {count!r}"
+        given = (
+            f"dtype {count.dtype}"
+            if isinstance(count, Tensor)
+            else f"{type(count).__name__}: {count!r}"
+        )
         raise TypeError(
             f"{state_type.__name__}.count must be an integer tensor (init makes a 0-d int64), got "
             f"{given}; keep the count init made, e.g. torch.tensor(steps_done, dtype=torch.int64)."
@@ -202,8 +219,9 @@ def chain(*transforms: GradientTransformation) -> GradientTransformation:
                 f"needs a tuple of {len(transforms)} states, got {given}. Use this optimizer's init."
             )
 
+    takes_extra = [isinstance(t, GradientTransformationExtraArgs) for t in transforms]
     parts = [getattr(t.update, "leaves", None) for t in transforms]
-    if all(parts):
+    if all(parts) and not any(takes_extra):
 
         def update_leaves(g, state, p, spec):
             check(state)
@@ -216,15 +234,18 @@ def chain(*transforms: GradientTransformation) -> GradientTransformation:
 
         return leafwise(init, update_leaves)
 
-    def update(grads, state, params=None):
+    def update(grads, state, params=None, **extra_args):
         check(state)
         new_state = []
-        for t, s in zip(transforms, state):
-            grads, s = t.update(grads, s, params)
+        for t, s, extra in zip(transforms, state, takes_extra):
+            grads, s = (
+                t.update(grads, s, params, **extra_args) if extra else t.update(grads, s, params)
+            )
             new_state.append(s)
         return grads, tuple(new_state)
 
-    return GradientTransformation(init, update)
+    kind = GradientTransformationExtraArgs if any(takes_extra) else GradientTransformation
+    return kind(init, update)
 
 
 def apply_updates(params: PyTree, updates: PyTree) -> PyTree:
@@ -242,4 +263,3 @@ def apply_updates(params: PyTree, updates: PyTree) -> PyTree:
     deltas, spec = tree_flatten(updates)
     leaves = _matching_leaves(params, deltas, spec, "updates", "params")
     return tree_unflatten(_foreach.add(leaves, deltas), spec)
-
