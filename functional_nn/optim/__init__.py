@@ -23,6 +23,8 @@ from .base import (
     apply_updates,
     chain,
 )
+from .lbfgs import LBFGSState, lbfgs
+from .matrix import AdafactorState, ScaleByMuonState, adafactor, muon, scale_by_muon
 from .transforms import (
     ScaleByLearningRateState,
     TraceState,
@@ -36,17 +38,21 @@ from .transforms import (
 )
 
 __all__ = [
+    "AdafactorState",
     "EmptyState",
     "GradientTransformation",
     "GradientTransformationExtraArgs",
+    "LBFGSState",
     "ScaleByAdamState",
     "ScaleByAdamaxState",
     "ScaleByLearningRateState",
+    "ScaleByMuonState",
     "ScaleByNadamState",
     "ScaleByRadamState",
     "ScaleByRmsState",
     "ScaleByRssState",
     "TraceState",
+    "adafactor",
     "adagrad",
     "adam",
     "adamax",
@@ -57,6 +63,8 @@ __all__ = [
     "clip_by_global_norm",
     "clip_by_value",
     "current_lr",
+    "lbfgs",
+    "muon",
     "nadam",
     "radam",
     "rmsprop",
@@ -64,6 +72,7 @@ __all__ = [
     "scale_by_adam",
     "scale_by_adamax",
     "scale_by_learning_rate",
+    "scale_by_muon",
     "scale_by_nadam",
     "scale_by_radam",
     "scale_by_rms",
