@@ -1,4 +1,12 @@
-"""Optimizers as pure `(init, update)` pairs over pytrees, with torch.optim's numerics."""
+"""Optimizers as pure `(init, update)` pairs over pytrees, with torch.optim's numerics.
+
+No `sparse_adam`: torch.optim.SparseAdam needs sparse gradients and moves the moments of only the
+entries a gradient holds (lazy Adam). Gradients from torch.func are dense, and a dense gradient
+cannot tell an absent entry from one present with value 0 (an embedding row seen with zero
+gradient is present in torch's coalesced sparse grad), so no dense transform equals it; treating
+"nonzero" as "present" would differ exactly there. `adam` on the dense gradient is the
+functional equivalent of an embedding trained densely.
+"""
 
 from . import schedules
 from .adaptive import (
