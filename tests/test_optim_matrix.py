@@ -76,7 +76,7 @@ def run_torch(cls, kwargs, params, grads):
 
 
 def run_oracle(reference, params, grads):
-    params = to_numpy(params)
+    params = [np.array(a) for a in to_numpy(params)]  # copies: to_numpy shares float64 memory
     for g in grads:
         reference.step(params, to_numpy(g))
     return params
