@@ -1,4 +1,12 @@
-"""Optimizers as pure `(init, update)` pairs over pytrees, with torch.optim's numerics."""
+"""Optimizers as pure `(init, update)` pairs over pytrees, with torch.optim's numerics.
+
+No `sparse_adam`: torch.optim.SparseAdam needs sparse gradients and moves the moments of only the
+entries a gradient holds (lazy Adam). Gradients from torch.func are dense, and a dense gradient
+cannot tell an absent entry from one present with value 0 (an embedding row seen with zero
+gradient is present in torch's coalesced sparse grad), so no dense transform equals it; treating
+"nonzero" as "present" would differ exactly there. `adam` on the dense gradient is the
+functional equivalent of an embedding trained densely.
+"""
 
 from . import schedules
 from .adaptive import (
@@ -23,6 +31,8 @@ from .base import (
     apply_updates,
     chain,
 )
+from .lbfgs import LBFGSState, lbfgs
+from .matrix import AdafactorState, ScaleByMuonState, adafactor, muon, scale_by_muon
 from .transforms import (
     ScaleByLearningRateState,
     TraceState,
@@ -36,17 +46,21 @@ from .transforms import (
 )
 
 __all__ = [
+    "AdafactorState",
     "EmptyState",
     "GradientTransformation",
     "GradientTransformationExtraArgs",
+    "LBFGSState",
     "ScaleByAdamState",
     "ScaleByAdamaxState",
     "ScaleByLearningRateState",
+    "ScaleByMuonState",
     "ScaleByNadamState",
     "ScaleByRadamState",
     "ScaleByRmsState",
     "ScaleByRssState",
     "TraceState",
+    "adafactor",
     "adagrad",
     "adam",
     "adamax",
@@ -57,6 +71,8 @@ __all__ = [
     "clip_by_global_norm",
     "clip_by_value",
     "current_lr",
+    "lbfgs",
+    "muon",
     "nadam",
     "radam",
     "rmsprop",
@@ -64,6 +80,7 @@ __all__ = [
     "scale_by_adam",
     "scale_by_adamax",
     "scale_by_learning_rate",
+    "scale_by_muon",
     "scale_by_nadam",
     "scale_by_radam",
     "scale_by_rms",
