@@ -23,6 +23,16 @@ from .base import (
     apply_updates,
     chain,
 )
+from .groups import (
+    MaskedNode,
+    MaskedState,
+    MultiTransformState,
+    masked,
+    multi_transform,
+    param_groups,
+    param_names,
+    set_to_zero,
+)
 from .transforms import (
     ScaleByLearningRateState,
     TraceState,
@@ -39,6 +49,9 @@ __all__ = [
     "EmptyState",
     "GradientTransformation",
     "GradientTransformationExtraArgs",
+    "MaskedNode",
+    "MaskedState",
+    "MultiTransformState",
     "ScaleByAdamState",
     "ScaleByAdamaxState",
     "ScaleByLearningRateState",
@@ -57,7 +70,11 @@ __all__ = [
     "clip_by_global_norm",
     "clip_by_value",
     "current_lr",
+    "masked",
+    "multi_transform",
     "nadam",
+    "param_groups",
+    "param_names",
     "radam",
     "rmsprop",
     "scale",
@@ -69,6 +86,7 @@ __all__ = [
     "scale_by_rms",
     "scale_by_rss",
     "schedules",
+    "set_to_zero",
     "sgd",
     "trace",
 ]
