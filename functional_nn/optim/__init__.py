@@ -31,8 +31,19 @@ from .base import (
     apply_updates,
     chain,
 )
+from .groups import (
+    MaskedNode,
+    MaskedState,
+    MultiTransformState,
+    masked,
+    multi_transform,
+    param_groups,
+    param_names,
+    set_to_zero,
+)
 from .lbfgs import LBFGSState, lbfgs
 from .matrix import AdafactorState, ScaleByMuonState, adafactor, muon, scale_by_muon
+from .plateau import ReduceOnPlateauState, reduce_on_plateau
 from .transforms import (
     ScaleByLearningRateState,
     TraceState,
@@ -44,13 +55,33 @@ from .transforms import (
     scale_by_learning_rate,
     trace,
 )
+from .wrappers import (
+    ApplyIfFiniteState,
+    AveragedState,
+    LookaheadState,
+    MultiStepsState,
+    apply_if_finite,
+    averaged_params,
+    ema,
+    lookahead,
+    multi_steps,
+    swa,
+)
 
 __all__ = [
     "AdafactorState",
+    "ApplyIfFiniteState",
+    "AveragedState",
     "EmptyState",
     "GradientTransformation",
     "GradientTransformationExtraArgs",
     "LBFGSState",
+    "LookaheadState",
+    "MaskedNode",
+    "MaskedState",
+    "MultiStepsState",
+    "MultiTransformState",
+    "ReduceOnPlateauState",
     "ScaleByAdamState",
     "ScaleByAdamaxState",
     "ScaleByLearningRateState",
@@ -66,15 +97,25 @@ __all__ = [
     "adamax",
     "adamw",
     "add_decayed_weights",
+    "apply_if_finite",
     "apply_updates",
+    "averaged_params",
     "chain",
     "clip_by_global_norm",
     "clip_by_value",
     "current_lr",
+    "ema",
     "lbfgs",
+    "lookahead",
+    "masked",
+    "multi_steps",
+    "multi_transform",
     "muon",
     "nadam",
+    "param_groups",
+    "param_names",
     "radam",
+    "reduce_on_plateau",
     "rmsprop",
     "scale",
     "scale_by_adam",
@@ -86,6 +127,8 @@ __all__ = [
     "scale_by_rms",
     "scale_by_rss",
     "schedules",
+    "set_to_zero",
     "sgd",
+    "swa",
     "trace",
 ]

@@ -62,17 +62,20 @@ def exponential_decay(init_value: float, gamma: float) -> Schedule:
     return lambda count: init_value * torch.pow(gamma, _steps(count))
 
 
-def cosine_decay(init_value: float, decay_steps: int, end_value: float = 0.0) -> Schedule:
+def cosine_decay(
+    init_value: float, decay_steps: int, end_value: float = 0.0, *, periodic: bool = False
+) -> Schedule:
     """lr_t = end + (init - end) (1 + cos(pi min(t, T) / T)) / 2, T = decay_steps (SGDR, Loshchilov
     & Hutter 2017, without restarts): torch's CosineAnnealingLR(T_max=T, eta_min=end) for t <= T.
-    After T it stays at end_value, where torch's rate would rise again along the cosine.
+    After T it stays at end_value (optax's), or with periodic=True goes on along the cosine,
+    rising back to init_value at 2T, as torch's recursive step() does (t, not min(t, T)).
     """
     _check_value("init_value", init_value)
     _check_value("end_value", end_value)
     integer("decay_steps", decay_steps, 1)
 
     def schedule(count):
-        t = torch.clamp(_steps(count), max=float(decay_steps))
+        t = _steps(count) if periodic else torch.clamp(_steps(count), max=float(decay_steps))
         return end_value + (init_value - end_value) * (1 + torch.cos(math.pi * t / decay_steps)) / 2
 
     return schedule
@@ -148,3 +151,39 @@ def warmup_cosine_decay(
 
 def _check_value(name: str, value) -> None:
     number(name, value, "a finite number >= 0", lambda v: 0.0 <= v < math.inf)
+
+
+# The rest of torch.optim.lr_scheduler, in their own module (this one would pass 300 lines).
+from .lr_schedulers import (  # noqa: E402
+    chained,
+    constant_factor,
+    cosine_warm_restarts,
+    cyclic,
+    lambda_lr,
+    multiplicative,
+    multistep_decay,
+    one_cycle,
+    polynomial_decay,
+    swa_lr,
+)
+
+__all__ = [
+    "Schedule",
+    "chained",
+    "constant",
+    "constant_factor",
+    "cosine_decay",
+    "cosine_warm_restarts",
+    "cyclic",
+    "exponential_decay",
+    "join",
+    "lambda_lr",
+    "linear",
+    "multiplicative",
+    "multistep_decay",
+    "one_cycle",
+    "polynomial_decay",
+    "step_decay",
+    "swa_lr",
+    "warmup_cosine_decay",
+]

@@ -144,20 +144,34 @@ def scale_by_learning_rate(lr: float | Tensor | Schedule) -> GradientTransformat
     return leafwise(init, update_leaves, ScaleByLearningRateState)
 
 
-def current_lr(state: PyTree) -> Tensor:
+def current_lr(state: PyTree, group=None) -> Tensor:
     """The learning rate the next update of an optimizer will use.
 
     Args:
-        state: the state of an optimizer with one `scale_by_learning_rate` in it (every alias).
+        state: the state of an optimizer with one `scale_by_learning_rate` in it (every alias),
+            or, with `group`, of `param_groups` / `multi_transform`.
+        group: the group's label (its index in `param_groups`), as torch's
+            `optimizer.param_groups[group]["lr"]`.
     Returns:
         A float64 0-d tensor on the params' device (batched like the state under vmap).
     """
+    if group is not None:
+        is_multi = lambda s: hasattr(s, "inner_states")  # groups.MultiTransformState
+        multi = [s for s in tree_leaves(state, is_leaf=is_multi) if is_multi(s)]
+        if len(multi) != 1 or group not in multi[0].inner_states:
+            raise ValueError(
+                f"current_lr(state, group={group!r}) needs the state of one param_groups or "
+                f"multi_transform with that group; its groups: "
+                f"{[list(m.inner_states) for m in multi]}."
+            )
+        state = multi[0].inner_states[group]
     is_lr = lambda s: isinstance(s, ScaleByLearningRateState)
     found = [s for s in tree_leaves(state, is_leaf=is_lr) if is_lr(s)]
     if len(found) != 1:
         raise ValueError(
             f"current_lr needs a state with exactly one scale_by_learning_rate in it, found "
-            f"{len(found)}; pass the state of an optimizer such as optim.adam(...)."
+            f"{len(found)}; pass the state of an optimizer such as optim.adam(...), and group= for "
+            "the state of param_groups."
         )
     return found[0].lr
 
