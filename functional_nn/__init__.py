@@ -24,6 +24,7 @@ from .optim import (
     rmsprop,
     sgd,
 )
+from .plot import plot
 from .train import FitResult, fit, fit_ensemble
 
 __version__ = "0.1.0"  # pyproject's version; tests/test_version.py keeps the two equal
@@ -63,6 +64,7 @@ __all__ = [
     "nadam",
     "optim",
     "per_example_grads",
+    "plot",
     "radam",
     "relu",
     "rmsprop",

@@ -13,7 +13,7 @@ from torch import Tensor
 
 from . import _checks
 from ._pytree import PyTree
-from .losses import Loss, sse
+from .losses import Loss, get_loss, sse
 from .networks import Network
 
 
@@ -23,7 +23,7 @@ def per_example_grads(
     y: Tensor,
     *,
     model: Network | Callable[[PyTree, Tensor], Tensor],
-    loss: Loss = sse,
+    loss: str | Loss = sse,
 ) -> PyTree:
     """The gradient of `loss(model(params, x[i:i+1]), y[i:i+1])` for every example i at once.
 
@@ -31,11 +31,12 @@ def per_example_grads(
         params: a pytree of floating tensors.
         x: (N, ...) inputs; y: (N, ...) targets.
         model: a Network, or any `apply(params, x) -> pred`.
-        loss: `loss(pred, y) -> 0-d tensor`.
+        loss: `loss(pred, y) -> 0-d tensor`, or a loss's name (see `losses.LOSSES`).
     Returns:
         A tree shaped like params with a leading axis of N on every leaf: leaf[i] is example i's
         gradient. With a "mean" loss over examples, their mean is the full batch's gradient.
     """
+    loss = get_loss(loss)
     _checks.check_data(x, y)
     _checks.check_params(params, x, model)
     _checks.check_finite_params(params)

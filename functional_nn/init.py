@@ -35,7 +35,7 @@ def as_generator(seed_or_generator: int | torch.Generator) -> torch.Generator:
 
 
 def normal(generator: torch.Generator, shape: tuple, fan_in: int, fan_out: int, dtype) -> Tensor:
-    """Standard normal draws, as the seeds' `randn` weights."""
+    """Standard normal draws: the `randn` weights of the PyTorch tutorial's two-layer network."""
     return torch.randn(shape, generator=generator, dtype=dtype)
 
 

@@ -69,7 +69,8 @@ def from_module(module: nn.Module) -> tuple[Network, dict[str, Tensor]]:
         except ValueError as error:
             raise ValueError(f"{type(module).__name__}: {error}") from None
 
-    return Network(init=init, apply=apply, check=check), params
+    name = f"from_module: {type(module).__name__}"
+    return Network(init=init, apply=apply, check=check, name=name), params
 
 
 def to_module(module: nn.Module, params: dict[str, Tensor]) -> nn.Module:

@@ -1,8 +1,8 @@
 """Losses: `loss(pred, target, **options) -> 0-d tensor`, pure functions.
 
 Options have torch.nn.functional's names and defaults (`reduction="mean"`), except `sse`, the
-seeds' summed squared error. A loss with other options is a `functools.partial`, e.g.
-`partial(huber, delta=0.5)`.
+summed squared error of the PyTorch tutorial's two-layer network. A loss with other options is a
+`functools.partial`, e.g. `partial(huber, delta=0.5)`.
 
 Checks come in two kinds. What a loss can see from shapes, dtypes and options costs nothing, so
 every call checks it. What needs the target's values (class labels in range, binary targets in
@@ -23,7 +23,7 @@ REDUCTIONS = ("mean", "sum")
 
 
 def sse(pred: Tensor, target: Tensor) -> Tensor:
-    """Summed squared error, sum((pred - target)^2): the seeds' loss.
+    """Summed squared error, sum((pred - target)^2), the PyTorch tutorial's loss.
 
     Args:
         pred, target: tensors of the same shape.

@@ -7,6 +7,7 @@ rejects params or inputs that do not fit it, naming the layer and both shapes.
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -33,14 +34,19 @@ class Network:
         apply: `apply(params, x) -> y`; mutates nothing and reads no global state.
         check: `check(params, x) -> None`; raises ValueError, naming the layer and both shapes,
             when params or x do not fit the network. `fit` calls it once, before any work.
+        name: what `repr` shows, e.g. "mlp: 1000 -> 100 -> 10, relu"; not part of equality.
     """
 
     init: Callable[..., PyTree]
     apply: Callable[[PyTree, Tensor], Tensor]
     check: Callable[[PyTree, Tensor], None] = _no_check
+    name: str = attrs.field(default="", kw_only=True, eq=False)
 
     def __call__(self, params: PyTree, x: Tensor) -> Tensor:
         return self.apply(params, x)
+
+    def __repr__(self) -> str:
+        return f"Network({_label(self)})"
 
 
 def mlp(
@@ -53,13 +59,13 @@ def mlp(
     """A multi-layer perceptron: linear layers with `activation` between them.
 
     Args:
-        sizes: `(in, hidden..., out)`, at least two positive ints; the seeds' net is
-            `mlp([1000, 100, 10], bias=False)`.
+        sizes: `(in, hidden..., out)`, at least two positive ints; the PyTorch tutorial's two-layer
+            network is `mlp([1000, 100, 10], bias=False)`.
         activation: a name (see `layers.ACTIVATIONS`) or a callable Tensor -> Tensor, e.g.
             `functools.partial(layers.leaky_relu, negative_slope=0.2)`.
         bias: whether each linear layer has a bias.
         init: an initialiser scheme name (see `init.SCHEMES`); "normal" draws standard-normal
-            weights and biases, as the seeds do; "torch" draws as `torch.nn.Linear`.
+            weights and biases, as the PyTorch tutorial does; "torch" draws as `torch.nn.Linear`.
         output_activation: applied after the last layer; None (the default) for none.
     Returns:
         A Network whose params are a list with one dict per linear layer,
@@ -89,7 +95,10 @@ def mlp(
             )
         _check_features(x, sizes[0])
 
-    return Network(init=init_fn, apply=apply, check=check)
+    name = " -> ".join(map(str, sizes)) + f", {_callable_name(activation)}"
+    name += "" if bias else ", bias=False"
+    name += "" if output_activation is None else f", output={_callable_name(output_activation)}"
+    return Network(init=init_fn, apply=apply, check=check, name=f"mlp: {name}")
 
 
 def dense(in_features: int, out_features: int, bias: bool = True, init: str = "normal") -> Network:
@@ -119,7 +128,8 @@ def dense(in_features: int, out_features: int, bias: bool = True, init: str = "n
         _check_linear(params, shapes, "params")
         _check_features(x, fan_in)
 
-    return Network(init=init_fn, apply=linear, check=check)
+    name = f"dense: {fan_in} -> {fan_out}" + ("" if bias else ", bias=False")
+    return Network(init=init_fn, apply=linear, check=check, name=name)
 
 
 def serial(*layers: Network | tuple | str | Activation) -> Network:
@@ -157,7 +167,9 @@ def serial(*layers: Network | tuple | str | Activation) -> Network:
             if x is None:  # this layer runs ops with no meta kernel: later inputs are unknown
                 return
 
-    return Network(init=init_fn, apply=apply, check=check)
+    # a layer's name holding a comma is parenthesised, so the list's commas stay unambiguous
+    names = [f"({_label(n)})" if "," in _label(n) else _label(n) for n in nets]
+    return Network(init=init_fn, apply=apply, check=check, name=f"serial: [{', '.join(names)}]")
 
 
 def eval_shape(
@@ -207,12 +219,29 @@ def _as_network(layer: Any, index: int) -> Network:
     if isinstance(layer, str) or callable(layer):
         act = get_activation(layer)
         return Network(
-            init=lambda *_, **__: {}, apply=lambda params, x: act(x), check=_check_no_params
+            init=lambda *_, **__: {},
+            apply=lambda params, x: act(x),
+            check=_check_no_params,
+            name=_callable_name(layer),
         )
     raise TypeError(
         f"serial layer {index} must be a Network, an (init, apply) pair or an activation, got "
         f"{type(layer).__name__}: {layer!r}."
     )
+
+
+def _label(net: Network) -> str:
+    return net.name or f"apply={_callable_name(net.apply)}"
+
+
+def _callable_name(f: Any) -> str:
+    """A short name for an activation or function: its name, a partial's keywords included."""
+    if isinstance(f, str):
+        return f
+    if isinstance(f, functools.partial):
+        args = [repr(a) for a in f.args] + [f"{k}={v!r}" for k, v in f.keywords.items()]
+        return f"{_callable_name(f.func)}({', '.join(args)})"
+    return getattr(f, "__qualname__", None) or repr(f)
 
 
 def _check_no_params(params: PyTree, x: Tensor) -> None:

@@ -115,11 +115,10 @@ def _median(samples: list):
 
 def prepare(contenders, problem: Problem, steps: int) -> tuple[dict[str, Prepared], dict[str, str]]:
     """The runnable contenders, and why each of the others cannot run."""
-    if cases.HAS_COMPILE:
-        # Each group compiles its own steps (its shapes and optimizer objects are new); a fresh
-        # dynamo keeps earlier groups' compilations from counting against its recompile limit,
-        # past which a compiled function silently runs eager.
-        torch._dynamo.reset()
+    # Each group compiles its own steps (its shapes and optimizer objects are new); a fresh
+    # dynamo keeps earlier groups' compilations from counting against its recompile limit,
+    # past which a compiled function silently runs eager.
+    torch._dynamo.reset()
     prepared, notes = {}, {}
     for c in contenders:
         try:

@@ -10,7 +10,6 @@ with the step's minor page faults and peak RSS.
 
 from __future__ import annotations
 
-import inspect
 import resource
 import time
 from collections.abc import Callable
@@ -24,8 +23,6 @@ import oracle.optim
 import oracle.train
 
 LR = {"sgd": 1e-6, "adam": 1e-4}  # the seeds' learning rates
-# fit(compile=...) is being added on another branch; until it is here, (b) reports itself n/a.
-HAS_COMPILE = "compile" in inspect.signature(fnn.fit).parameters
 
 
 class Sizes(NamedTuple):
@@ -108,8 +105,6 @@ def fit_default(p: Problem, steps: int) -> Prepared:
 
 
 def fit_compiled(p: Problem, steps: int) -> Prepared:
-    if not HAS_COMPILE:
-        raise Unavailable("this fit has no compile= argument")
     fit = fit_runner(p, steps, compile=True)
     first = fit()  # compiles; the timed calls reuse the compiled step
     return Prepared(lambda: fit().wall_time, compile_s=first.compile_time)
@@ -247,7 +242,7 @@ def ensemble_runners(
         )
 
     compiled = {}
-    if compile and HAS_COMPILE:
+    if compile:
         first = fnn.fit_ensemble(trees, p.x, p.y, opt, model=model, steps=steps, compile=True)
         compiled["fit_ensemble compiled"] = Prepared(
             lambda: together(compile=True), compile_s=first.compile_time

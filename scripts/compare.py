@@ -125,37 +125,45 @@ def print_table(workload: Workload, rows: list[dict]) -> None:
 
 
 def save_plot(rows: list[dict], path: str) -> None:
-    """Loss curves on a log scale: one row of panels per workload, one column per optimizer."""
+    """One column per (workload, optimizer) that has stages: the loss curves above, and below each
+    stage's difference from the oracle's curve, step by step, against the tolerance (log scales)."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display needed
     import matplotlib.pyplot as plt
 
-    workloads = list(dict.fromkeys(r["workload"] for r in rows))
-    optimizers = list(dict.fromkeys(r["optimizer"] for r in rows))
+    panels = list(dict.fromkeys((r["workload"], r["optimizer"]) for r in rows))
     fig, axes = plt.subplots(
-        len(workloads),
-        len(optimizers),
-        squeeze=False,
-        figsize=(6 * len(optimizers), 4 * len(workloads)),
+        2, len(panels), squeeze=False, sharex="col", figsize=(6 * len(panels), 8)
     )
-    for ax_row, workload in zip(axes, workloads):
-        for ax, opt in zip(ax_row, optimizers):
-            panel = [r for r in rows if (r["workload"], r["optimizer"]) == (workload, opt)]
-            if not panel:
-                ax.set_axis_off()
-                continue
-            for r in panel:
-                ax.semilogy(r["losses"], label=r["stage"], linestyle="--" if r["gates"] else "-")
-            ax.set(
-                title=f"{workload}: {opt}, lr {panel[0]['lr']:g}",
-                xlabel="step",
-                ylabel=panel[0]["loss"],
-            )
-            ax.legend(fontsize="small")
+    for (loss_ax, diff_ax), key in zip(axes.T, panels):
+        panel = [r for r in rows if (r["workload"], r["optimizer"]) == key]
+        oracle = np.asarray(next(r["losses"] for r in panel if r["stage"] == ORACLE))
+        for r in panel:
+            style = "--" if r["gates"] else "-"
+            loss_ax.semilogy(r["losses"], label=r["stage"], linestyle=style)
+            if r["stage"] != ORACLE:
+                _plot_difference(diff_ax, np.asarray(r["losses"]), oracle, r["stage"], style)
+        diff_ax.axhline(panel[0]["tolerance"], color="black", linewidth=0.8, label="tolerance")
+        loss_ax.set(title=f"{key[0]}: {key[1]}, lr {panel[0]['lr']:g}", ylabel=panel[0]["loss"])
+        diff_ax.set(yscale="log", xlabel="step", ylabel="|loss - oracle's| / (|loss| + |oracle's|)")
+        loss_ax.legend(fontsize="small")
+        diff_ax.legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def _plot_difference(ax, losses: np.ndarray, oracle: np.ndarray, stage: str, style: str) -> None:
+    """A stage's relative difference from the oracle at each step; steps where the two are equal
+    have no point on a log scale, so the legend says how many there are."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        diff = np.abs(losses - oracle) / (np.abs(losses) + np.abs(oracle))
+    equal = int(np.sum(diff == 0))
+    note = f" (equal at {equal}/{len(diff)} steps)" if equal else ""
+    ax.plot(
+        np.where(diff > 0, diff, np.nan), ".", label=stage + note, linestyle=style, markersize=3
+    )
 
 
 def parse_args(argv) -> argparse.Namespace:

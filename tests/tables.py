@@ -1,5 +1,6 @@
-"""The activation and loss tables the tests cross: each entry pairs a functional_nn function with
-its oracle and, for losses, torch.nn.functional's counterpart and the kind of target it takes."""
+"""The tables the tests cross: each activation and loss entry pairs a functional_nn function with
+its oracle and, for losses, torch.nn.functional's counterpart and the kind of target it takes; the
+optimizers with their stateful options on, and the params tree the optimizer tests step."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from functional_nn import layers, losses
+from functional_nn import layers, losses, optim
 from oracle import layers as olayers
 from oracle import losses as olosses
 
@@ -119,3 +120,28 @@ def target_to_torch(target: np.ndarray, device, dtype=torch.float64) -> torch.Te
     if np.issubdtype(target.dtype, np.integer):
         return torch.tensor(target, dtype=torch.int64, device=device)
     return torch.tensor(target, dtype=dtype, device=device)
+
+
+SHAPES = [(5, 4), (5,), (3, 5), (3,)]  # the leaves of a 4 -> 5 -> 3 mlp's params
+
+
+def mlp_tree(leaves):
+    """The mlp params tree (a list of layer dicts) holding `leaves` in order."""
+    return [{"weight": leaves[0], "bias": leaves[1]}, {"weight": leaves[2], "bias": leaves[3]}]
+
+
+# Each takes lr (a number, a 0-d tensor or a schedule) and turns on every option that keeps state.
+OPTIMIZERS = {
+    "sgd": lambda lr: optim.sgd(lr, momentum=0.9, dampening=0.1, weight_decay=0.1),
+    "sgd-nesterov": lambda lr: optim.sgd(lr, momentum=0.9, nesterov=True, maximize=True),
+    "rmsprop": lambda lr: optim.rmsprop(lr, centered=True, momentum=0.5, weight_decay=0.1),
+    "adam": lambda lr: optim.adam(lr, amsgrad=True, weight_decay=0.1),
+    "adamw": lambda lr: optim.adamw(lr, amsgrad=True),
+    "adagrad": lambda lr: optim.adagrad(lr, lr_decay=0.01, initial_accumulator_value=0.1),
+    "adamax": lambda lr: optim.adamax(lr, weight_decay=0.1),
+    "nadam": lambda lr: optim.nadam(lr, weight_decay=0.1, decoupled_weight_decay=True),
+    "radam": lambda lr: optim.radam(lr, weight_decay=0.1),
+    "clipped-adam": lambda lr: optim.chain(
+        optim.clip_by_global_norm(1.0), optim.clip_by_value(0.5), optim.adam(lr)
+    ),
+}

@@ -212,7 +212,6 @@ def test_cuda_without_a_gpu_exits_2(capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not bench_cases.HAS_COMPILE, reason="fit has no compile= argument yet")
 def test_compiled_fit_reports_its_steady_state_and_its_compile_time(tmp_path):
     seed_only = bench.QUICK._replace(factors=(), ks=())  # two compilations, not six
     out, _ = _run(tmp_path, settings=seed_only)

@@ -25,6 +25,7 @@ from functional_nn import optim
 from functional_nn._pytree import tree_leaves, tree_structure, tree_unflatten
 from oracle.gradcheck import rel_error
 from tests.helpers import assert_trees_close
+from tests.tables import SHAPES, mlp_tree
 
 TORCH = {
     "sgd": torch.optim.SGD,
@@ -186,12 +187,6 @@ DTYPES = [torch.float64, torch.float32]
 # Relative error allowed against torch.optim and the oracle: rounding only, in each dtype.
 STREAM_RTOL = {torch.float64: 1e-12, torch.float32: 1e-5}
 STEPS = 200
-SHAPES = [(5, 4), (5,), (3, 5), (3,)]  # the leaves of a 4 -> 5 -> 3 mlp's params
-
-
-def mlp_tree(leaves):
-    """The mlp params tree (a list of layer dicts) holding `leaves` in order."""
-    return [{"weight": leaves[0], "bias": leaves[1]}, {"weight": leaves[2], "bias": leaves[3]}]
 
 
 @contextlib.contextmanager

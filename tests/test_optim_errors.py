@@ -7,8 +7,7 @@ import pytest
 import torch
 
 from functional_nn import optim
-from tests.test_optim import SHAPES, mlp_tree
-from tests.test_optim_state import OPTIMIZERS
+from tests.tables import OPTIMIZERS, SHAPES, mlp_tree
 
 BAD_HYPERPARAMETERS = [
     (lambda: optim.sgd(lr=-0.1), ValueError, r"Invalid lr: -0.1 \(expected a number >= 0"),

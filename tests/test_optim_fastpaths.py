@@ -14,7 +14,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from functional_nn import optim
 from functional_nn._pytree import clone, tree_leaves
 from functional_nn.optim import _foreach
-from tests.test_optim import SHAPES, mlp_tree
+from tests.tables import SHAPES, mlp_tree
 
 
 class ForeachCalls(TorchDispatchMode):

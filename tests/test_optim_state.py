@@ -15,23 +15,8 @@ from functional_nn import optim
 from functional_nn._pytree import clone, tree_flatten, tree_leaves, tree_map, tree_structure
 from functional_nn.optim import _foreach
 from tests.helpers import assert_trees_close
-from tests.test_optim import SHAPES, mlp_tree
+from tests.tables import OPTIMIZERS, SHAPES, mlp_tree
 
-# Each takes lr (a number, a 0-d tensor or a schedule) and turns on every option that keeps state.
-OPTIMIZERS = {
-    "sgd": lambda lr: optim.sgd(lr, momentum=0.9, dampening=0.1, weight_decay=0.1),
-    "sgd-nesterov": lambda lr: optim.sgd(lr, momentum=0.9, nesterov=True, maximize=True),
-    "rmsprop": lambda lr: optim.rmsprop(lr, centered=True, momentum=0.5, weight_decay=0.1),
-    "adam": lambda lr: optim.adam(lr, amsgrad=True, weight_decay=0.1),
-    "adamw": lambda lr: optim.adamw(lr, amsgrad=True),
-    "adagrad": lambda lr: optim.adagrad(lr, lr_decay=0.01, initial_accumulator_value=0.1),
-    "adamax": lambda lr: optim.adamax(lr, weight_decay=0.1),
-    "nadam": lambda lr: optim.nadam(lr, weight_decay=0.1, decoupled_weight_decay=True),
-    "radam": lambda lr: optim.radam(lr, weight_decay=0.1),
-    "clipped-adam": lambda lr: optim.chain(
-        optim.clip_by_global_norm(1.0), optim.clip_by_value(0.5), optim.adam(lr)
-    ),
-}
 DTYPES = [torch.float64, torch.float32]
 TIGHT = {torch.float64: 1e-14, torch.float32: 1e-6}  # same ops, maybe fused differently
 STEPS = 8  # RAdam switches to its rectified branch at step 6

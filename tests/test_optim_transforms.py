@@ -10,7 +10,7 @@ import oracle.optim
 from functional_nn import optim
 from functional_nn._pytree import tree_leaves, tree_map
 from tests.helpers import assert_trees_close, to_numpy
-from tests.test_optim import SHAPES, mlp_tree
+from tests.tables import SHAPES, mlp_tree
 
 DTYPES = [torch.float64, torch.float32]
 RTOL = {torch.float64: 1e-15, torch.float32: 1e-6}

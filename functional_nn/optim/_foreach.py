@@ -114,9 +114,10 @@ def once(t: float | Tensor) -> float | Tensor:
     computed once per step under torch.compile.
 
     Inductor inlines a 0-d tensor's arithmetic into each consumer's per-element loop, where a pow
-    then runs once per element: that made a compiled Adam step on the seeds' net twice as slow.
-    A two-element sum is a reduction, which inductor computes once, into a buffer of its own; and
-    (t + t) / 2 is t exactly. Eager code, which computes t once anyway, gets t itself.
+    then runs once per element: that made a compiled Adam step on the PyTorch tutorial's two-layer
+    network twice as slow. A two-element sum is a reduction, which inductor computes once, into a
+    buffer of its own; and (t + t) / 2 is t exactly. Eager code, which computes t once anyway,
+    gets t itself.
     """
     return t.expand(2).sum() * 0.5 if torch.compiler.is_compiling() and isinstance(t, Tensor) else t
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from ._checks import flags, non_negative, number
+from ._named import shown_as_call
 from .adaptive import (
     scale_by_adam,
     scale_by_adamax,
@@ -82,6 +83,7 @@ def _parts(maximize: bool, weight_decay: float, *direction, decoupled: bool = Fa
     return sign + ([] if decoupled else decay) + list(direction) + (decay if decoupled else [])
 
 
+@shown_as_call
 def sgd(
     lr: LearningRate = 1e-3,
     momentum: float = 0.0,
@@ -117,6 +119,7 @@ def sgd(
     return chain(*_parts(maximize, weight_decay, *direction), scale_by_learning_rate(lr))
 
 
+@shown_as_call
 def rmsprop(
     lr: LearningRate = 1e-2,
     alpha: float = 0.99,
@@ -148,6 +151,7 @@ def rmsprop(
     return chain(*_parts(maximize, weight_decay, *direction), scale_by_learning_rate(lr))
 
 
+@shown_as_call
 def adam(
     lr: LearningRate = 1e-3,
     betas: Betas = (0.9, 0.999),
@@ -178,6 +182,7 @@ def adam(
     return chain(*_parts(maximize, weight_decay, direction), scale_by_learning_rate(lr))
 
 
+@shown_as_call
 def adamw(
     lr: LearningRate = 1e-3,
     betas: Betas = (0.9, 0.999),
@@ -208,6 +213,7 @@ def adamw(
     )
 
 
+@shown_as_call
 def adagrad(
     lr: LearningRate = 1e-2,
     lr_decay: float = 0.0,
@@ -244,6 +250,7 @@ def _inverse_time_decay(schedule: Schedule, lr_decay: float) -> Schedule:
     return lambda count: schedule(count) / (1.0 + count.to(torch.float64) * lr_decay)
 
 
+@shown_as_call
 def adamax(
     lr: LearningRate = 2e-3,
     betas: Betas = (0.9, 0.999),
@@ -272,6 +279,7 @@ def adamax(
     return chain(*_parts(maximize, weight_decay, direction), scale_by_learning_rate(lr))
 
 
+@shown_as_call
 def nadam(
     lr: LearningRate = 2e-3,
     betas: Betas = (0.9, 0.999),
@@ -304,6 +312,7 @@ def nadam(
     return chain(*parts, scale_by_learning_rate(lr))
 
 
+@shown_as_call
 def radam(
     lr: LearningRate = 1e-3,
     betas: Betas = (0.9, 0.999),
