@@ -18,6 +18,7 @@ from torch import Tensor
 from .._pytree import register_namedtuple, tree_flatten, tree_leaves, tree_unflatten
 from ._checks import flags, integer, non_negative
 from ._line_search import strong_wolfe
+from ._named import shown_as_call
 from .base import GradientTransformationExtraArgs, check_state, param_leaves
 from .transforms import as_schedule
 
@@ -47,6 +48,7 @@ class LBFGSState(NamedTuple):
     prev_loss: Tensor
 
 
+@shown_as_call
 def lbfgs(
     lr=1.0,
     max_iter: int = 20,

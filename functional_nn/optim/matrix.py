@@ -26,6 +26,7 @@ from .._pytree import (
 )
 from . import _foreach
 from ._checks import flags, integer, non_negative, number
+from ._named import shown_as_call
 from .base import GradientTransformation, chain, checked_leaves, leafwise, param_leaves
 from .transforms import add_decayed_weights, as_schedule, scale, scale_by_learning_rate, zero_count
 
@@ -42,6 +43,7 @@ class AdafactorState(NamedTuple):
     variance: PyTree
 
 
+@shown_as_call
 def adafactor(
     lr=1e-2,
     beta2_decay: float = -0.8,
@@ -241,6 +243,7 @@ def _newton_schulz(m: Tensor, coefficients, steps: int, eps: float, dtype: torch
     return x.T if tall else x
 
 
+@shown_as_call
 def muon(
     lr=1e-3,
     weight_decay: float = 0.1,
