@@ -253,6 +253,78 @@ class RAdam(_Optimizer):
         return m_hat * rect * math.sqrt(1 - b2**t) / (np.sqrt(s["v"]) + self.eps)
 
 
+class Adadelta(_Optimizer):
+    """Adadelta (Zeiler 2012, Algorithm 1; lr scales the step, as in torch):
+    v = rho v + (1 - rho) g^2, d = sqrt(u + eps) / sqrt(v + eps) g, u = rho u + (1 - rho) d^2."""
+
+    def __init__(self, lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.0, maximize=False):
+        super().__init__(lr, weight_decay, maximize)
+        self.rho, self.eps = rho, eps
+
+    def init_state(self, p):
+        return {"v": np.zeros_like(p), "u": np.zeros_like(p)}
+
+    def direction(self, g, s):
+        rho, eps = self.rho, self.eps
+        s["v"] = rho * s["v"] + (1 - rho) * g * g
+        d = np.sqrt(s["u"] + eps) / np.sqrt(s["v"] + eps) * g
+        s["u"] = rho * s["u"] + (1 - rho) * d * d
+        return d
+
+
+class ASGD(_Optimizer):
+    """Averaged SGD (Polyak & Juditsky 1992), torch's algorithm box: p = p (1 - lambd eta) - eta g,
+    ax = p if mu = 1 else ax + mu (p - ax); then eta = lr / (1 + lambd lr t)^alpha and
+    mu = 1 / max(1, t - t0), from the lr of the step just done (eta starts at lr, mu at 1)."""
+
+    def __init__(self, lr=1e-2, lambd=1e-4, alpha=0.75, t0=1e6, weight_decay=0.0, maximize=False):
+        super().__init__(lr, weight_decay, maximize)
+        self.lambd, self.alpha, self.t0 = lambd, alpha, t0
+        self.eta = self.mu = None
+
+    def init_state(self, p):
+        return {"ax": np.zeros_like(p)}
+
+    def step(self, params, grads):
+        lr = self.lr(self.t) if callable(self.lr) else self.lr
+        if self.state is None:
+            self.state, self.eta, self.mu = [self.init_state(p) for p in params], lr, 1.0
+        self.t += 1
+        for p, g, s in zip(params, grads, self.state):
+            g = -g if self.maximize else g
+            g = g + self.weight_decay * p
+            p[...] = p * (1 - self.lambd * self.eta) - self.eta * g
+            s["ax"] = p.copy() if self.mu == 1 else s["ax"] + self.mu * (p - s["ax"])
+        self.eta = lr / (1 + self.lambd * lr * self.t) ** self.alpha
+        self.mu = 1 / max(1, self.t - self.t0)
+
+
+class Rprop(_Optimizer):
+    """Rprop (Riedmiller & Braun 1993), torch's variant: per entry, s = s * etaplus where
+    g g_prev > 0, s * etaminus where < 0, clipped to step_sizes; g = 0 where g g_prev < 0 (and
+    kept as g_prev); p = p - sign(g) s. s starts at lr."""
+
+    def __init__(self, lr=1e-2, etas=(0.5, 1.2), step_sizes=(1e-6, 50), maximize=False):
+        super().__init__(lr, 0.0, maximize)
+        self.etas, self.step_sizes = etas, step_sizes
+
+    def step(self, params, grads):
+        lr = self.lr(self.t) if callable(self.lr) else self.lr
+        if self.state is None:
+            self.state = [{"prev": np.zeros_like(p), "s": np.full_like(p, lr)} for p in params]
+        self.t += 1
+        (etaminus, etaplus), (low, high) = self.etas, self.step_sizes
+        for p, g, s in zip(params, grads, self.state):
+            g = -g if self.maximize else g
+            c = g * s["prev"]
+            s["s"] = np.clip(
+                s["s"] * np.where(c > 0, etaplus, np.where(c < 0, etaminus, 1)), low, high
+            )
+            g = np.where(c < 0, 0.0, g)
+            p -= np.sign(g) * s["s"]
+            s["prev"] = g
+
+
 def clip_grad_norm(grads: list[np.ndarray], max_norm: float) -> list[np.ndarray]:
     """g * min(1, max_norm / (||g|| + 1e-6)), ||g|| the 2-norm of all entries of all grads
     (torch.nn.utils.clip_grad_norm_'s definition, its 1e-6 included)."""

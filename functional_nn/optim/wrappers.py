@@ -27,6 +27,7 @@ from .._pytree import (
 )
 from ._checks import integer, number
 from .base import GradientTransformation, GradientTransformationExtraArgs, apply_updates
+from .classic import PolyakAverageState
 from .transforms import zero_count
 
 
@@ -194,14 +195,20 @@ def ema(decay: float = 0.999) -> GradientTransformation:
 
 
 def averaged_params(state: PyTree) -> PyTree:
-    """The average an `swa` or `ema` in an optimizer's state holds (params-shaped tree)."""
-    is_avg = lambda s: isinstance(s, AveragedState)
+    """The averaged params in an optimizer's state: an `swa` or `ema` average, or ASGD's
+    (torch's `state["ax"]`, from `polyak_average`); a params-shaped tree.
+
+    Raises:
+        ValueError: unless the state holds exactly one such average.
+    """
+    is_avg = lambda s: isinstance(s, (AveragedState, PolyakAverageState))
     found = [s for s in tree_leaves(state, is_leaf=is_avg) if is_avg(s)]
     if len(found) != 1:
         raise ValueError(
-            f"averaged_params needs a state with exactly one swa or ema in it, found {len(found)}."
+            f"averaged_params needs a state with exactly one average in it (swa, ema or asgd's), "
+            f"found {len(found)}."
         )
-    return found[0].average
+    return found[0].average if isinstance(found[0], AveragedState) else found[0].ax
 
 
 @register_namedtuple
