@@ -155,11 +155,14 @@ def gaussian_nll(
     Not in LOSSES (it takes three tensors): call it, or wrap it, with the variance.
 
     Args:
-        pred: (N, *) means; target: pred's shape.
+        pred: (N, *) means; target: pred's shape, or one that broadcasts to it (torch's
+            documented exception to "no broadcasting").
         var: pred's shape, or pred's with the last dim 1 or dropped (one variance per row), > 0.
         full, eps, reduction: torch's options.
     """
-    _elementwise("gaussian_nll", pred, target, reduction)
+    check_reduction("gaussian_nll", reduction)
+    if not isinstance(target, Tensor) or _broadcast(target.shape, pred.shape) != pred.shape:
+        check_same_shape("gaussian_nll", pred, target)  # raises, naming both shapes
     if var.shape != pred.shape:
         if var.shape == pred.shape[:-1]:
             var = var.unsqueeze(-1)
@@ -173,6 +176,13 @@ def gaussian_nll(
     if full:
         elements = elements + 0.5 * math.log(2 * math.pi)
     return reduce(elements, reduction)
+
+
+def _broadcast(a: torch.Size, b: torch.Size) -> torch.Size | None:
+    try:
+        return torch.broadcast_shapes(a, b)
+    except RuntimeError:
+        return None
 
 
 LOSSES: dict[str, Loss] = {
