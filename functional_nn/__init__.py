@@ -4,11 +4,28 @@ Networks are pure functions over params pytrees, gradients come from `torch.func
 `(init, update)` pairs with torch.optim's numerics, and `fit` trains without mutating anything.
 """
 
-from . import checkpoint, init, layers, losses, optim
+from . import blocks, checkpoint, dropout, init, layers, losses, norm, optim
 from .callbacks import EarlyStopping
 from .grads import per_example_grads
 from .interop import from_module, mlp_from_state_dict, mlp_to_state_dict, to_module
-from .layers import gelu, identity, leaky_relu, linear, relu, sigmoid, softplus, tanh
+from .layers import (
+    elu,
+    gelu,
+    hardswish,
+    identity,
+    leaky_relu,
+    linear,
+    log_softmax,
+    logsigmoid,
+    mish,
+    relu,
+    selu,
+    sigmoid,
+    silu,
+    softmax,
+    softplus,
+    tanh,
+)
 from .losses import binary_cross_entropy_with_logits, cross_entropy, huber, l1, mse, sse
 from .networks import Network, dense, eval_shape, mlp, serial
 from .optim import (
@@ -45,15 +62,19 @@ __all__ = [
     "apply_updates",
     "asgd",
     "binary_cross_entropy_with_logits",
+    "blocks",
     "chain",
     "checkpoint",
     "cross_entropy",
     "dense",
+    "dropout",
+    "elu",
     "eval_shape",
     "fit",
     "fit_ensemble",
     "from_module",
     "gelu",
+    "hardswish",
     "huber",
     "identity",
     "init",
@@ -61,12 +82,16 @@ __all__ = [
     "layers",
     "leaky_relu",
     "linear",
+    "log_softmax",
+    "logsigmoid",
     "losses",
+    "mish",
     "mlp",
     "mlp_from_state_dict",
     "mlp_to_state_dict",
     "mse",
     "nadam",
+    "norm",
     "optim",
     "per_example_grads",
     "plot",
@@ -74,9 +99,12 @@ __all__ = [
     "relu",
     "rmsprop",
     "rprop",
+    "selu",
     "serial",
     "sgd",
     "sigmoid",
+    "silu",
+    "softmax",
     "softplus",
     "sse",
     "tanh",

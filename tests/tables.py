@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from functional_nn import layers, losses, optim
+from oracle import activations as oacts
 from oracle import layers as olayers
 from oracle import losses as olosses
 
@@ -48,7 +49,57 @@ ACTIVATIONS = [
     pytest.param(
         layers.identity, (olayers.identity_forward, olayers.identity_backward), id="identity"
     ),
+    pytest.param(layers.silu, (oacts.silu_forward, oacts.silu_backward), id="silu"),
+    pytest.param(layers.mish, (oacts.mish_forward, oacts.mish_backward), id="mish"),
+    pytest.param(layers.elu, (oacts.elu_forward, oacts.elu_backward), id="elu"),
+    pytest.param(
+        partial(layers.elu, alpha=2.0),
+        (partial(oacts.elu_forward, alpha=2.0), oacts.elu_backward),
+        id="elu(2)",
+    ),
+    pytest.param(layers.selu, (oacts.selu_forward, oacts.selu_backward), id="selu"),
+    pytest.param(
+        layers.hardswish, (oacts.hardswish_forward, oacts.hardswish_backward), id="hardswish"
+    ),
+    pytest.param(
+        layers.logsigmoid, (oacts.logsigmoid_forward, oacts.logsigmoid_backward), id="logsigmoid"
+    ),
+    pytest.param(layers.softmax, (oacts.softmax_forward, oacts.softmax_backward), id="softmax"),
+    pytest.param(
+        partial(layers.softmax, dim=0),
+        (partial(oacts.softmax_forward, dim=0), oacts.softmax_backward),
+        id="softmax(dim=0)",
+    ),
+    pytest.param(
+        layers.log_softmax,
+        (oacts.log_softmax_forward, oacts.log_softmax_backward),
+        id="log_softmax",
+    ),
 ]
+
+# torch.nn.functional's counterpart of each activation id above (the third way).
+TORCH_ACTIVATIONS = {
+    "relu": F.relu,
+    "leaky_relu": F.leaky_relu,
+    "leaky_relu(0.2)": partial(F.leaky_relu, negative_slope=0.2),
+    "tanh": torch.tanh,
+    "sigmoid": torch.sigmoid,
+    "gelu": F.gelu,
+    "gelu(tanh)": partial(F.gelu, approximate="tanh"),
+    "softplus": F.softplus,
+    "softplus(2,1)": partial(F.softplus, beta=2.0, threshold=1.0),
+    "identity": lambda x: x,
+    "silu": F.silu,
+    "mish": F.mish,
+    "elu": F.elu,
+    "elu(2)": partial(F.elu, alpha=2.0),
+    "selu": F.selu,
+    "hardswish": F.hardswish,
+    "logsigmoid": F.logsigmoid,
+    "softmax": partial(F.softmax, dim=-1),
+    "softmax(dim=0)": partial(F.softmax, dim=0),
+    "log_softmax": partial(F.log_softmax, dim=-1),
+}
 
 # (functional_nn loss, oracle loss, torch.nn.functional reference, target kind).
 LOSSES = [
@@ -85,6 +136,24 @@ LOSSES = [
         "binary",
         id="bce_with_logits",
     ),
+    pytest.param(
+        partial(losses.smooth_l1, beta=0.5),
+        partial(olosses.smooth_l1, beta=0.5),
+        partial(F.smooth_l1_loss, beta=0.5),
+        "regression",
+        id="smooth_l1(0.5)",
+    ),
+    pytest.param(losses.nll, olosses.nll, F.nll_loss, "labels", id="nll"),
+    pytest.param(
+        partial(losses.kl_div, reduction="batchmean"),
+        partial(olosses.kl_div, reduction="batchmean"),
+        partial(F.kl_div, reduction="batchmean"),
+        "probs",
+        id="kl_div(batchmean)",
+    ),
+    pytest.param(
+        losses.poisson_nll, olosses.poisson_nll, F.poisson_nll_loss, "regression", id="poisson_nll"
+    ),
 ]
 
 SUM_LOSSES = [  # the same losses with reduction="sum", where torch has the option
@@ -96,6 +165,7 @@ SUM_LOSSES = [  # the same losses with reduction="sum", where torch has the opti
         id=f"{case.id}-sum",
     )
     for case in LOSSES[1:]
+    if case.id != "kl_div(batchmean)"
     for fn, ofn, ref, kind in [case.values]
 ]
 

@@ -73,7 +73,13 @@ def gradient_errors(act, oracle_act, loss, oracle_loss, kind, device) -> dict[st
     }
 
 
+# softmax over dim 0 mixes the batch, and a bias shifts a whole column, which that softmax does not
+# see: the bias gradient is exactly 0, where a relative error is meaningless. Its dim is checked
+# element-wise in test_layers.py.
+MLP_ACTIVATIONS = [a for a in ACTIVATIONS if a.id != "softmax(dim=0)"]
+
+
 @pytest.mark.parametrize("loss, oracle_loss, reference, kind", LOSSES)
-@pytest.mark.parametrize("act, oracle_act", ACTIVATIONS)
+@pytest.mark.parametrize("act, oracle_act", MLP_ACTIVATIONS)
 def test_mlp_gradient_three_ways(act, oracle_act, loss, oracle_loss, reference, kind, device):
     gradient_errors(act, oracle_act, loss, oracle_loss, kind, device)

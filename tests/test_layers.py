@@ -7,11 +7,12 @@ from functools import partial
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from functional_nn import layers
 from oracle.gradcheck import numerical_gradient, rel_error
 from tests.helpers import assert_trees_close, to_numpy
-from tests.tables import ACTIVATIONS
+from tests.tables import ACTIVATIONS, TORCH_ACTIVATIONS
 
 
 def _inputs(seed: int, shape=(4, 6)) -> np.ndarray:
@@ -94,15 +95,46 @@ def test_get_activation_resolves_names_and_callables():
     assert layers.get_activation("tanh") is layers.tanh
     slope = partial(layers.leaky_relu, negative_slope=0.2)
     assert layers.get_activation(slope) is slope
-    assert sorted(layers.ACTIVATIONS) == [
-        "gelu",
-        "identity",
-        "leaky_relu",
-        "relu",
-        "sigmoid",
-        "softplus",
-        "tanh",
-    ]
+    assert sorted(layers.ACTIVATIONS) == sorted(
+        TORCH_ACTIVATIONS.keys() & layers.ACTIVATIONS.keys()
+    )
+    assert {
+        "elu",
+        "hardswish",
+        "log_softmax",
+        "logsigmoid",
+        "mish",
+        "selu",
+        "silu",
+        "softmax",
+    } <= set(layers.ACTIVATIONS)
+
+
+@pytest.mark.parametrize("fn, oracle", ACTIVATIONS)
+def test_activation_and_its_gradient_match_torch_functional(fn, oracle, request):
+    reference = TORCH_ACTIVATIONS[request.node.callspec.id]
+    x = torch.tensor(_inputs(6))
+    dout = torch.tensor(np.random.default_rng(7).standard_normal(x.shape))
+    grad = torch.func.grad(lambda t: (fn(t) * dout).sum())(x)
+    ref_grad = torch.func.grad(lambda t: (reference(t) * dout).sum())(x)
+    assert_trees_close(fn(x), reference(x), rtol=1e-14, name="activation vs torch")
+    assert_trees_close(grad, ref_grad, rtol=1e-14, name="d activation vs torch")
+
+
+@pytest.mark.parametrize("name", ["hardswish", "elu", "selu"])
+def test_gradient_at_a_kink_is_the_documented_branch_and_torchs(name):
+    """hardswish at -3 and 3, elu/selu (alpha = 2 for elu) at 0: the value each docstring names,
+    which torch 2.13's and 2.14's kernels also give."""
+    fn, reference, points, expected = {
+        "hardswish": (layers.hardswish, F.hardswish, [-3.0, 3.0], [0.0, 1.0]),
+        "elu": (partial(layers.elu, alpha=2.0), partial(F.elu, alpha=2.0), [0.0], [2.0]),
+        "selu": (layers.selu, F.selu, [0.0], [layers.SELU_SCALE * layers.SELU_ALPHA]),
+    }[name]
+    x = torch.tensor(points, dtype=torch.float64)
+    grad = torch.func.grad(lambda t: fn(t).sum())(x)
+    ref = torch.func.grad(lambda t: reference(t).sum())(x)
+    assert grad.tolist() == pytest.approx(expected, rel=1e-15)
+    assert torch.equal(grad, ref)
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,172 @@
+"""Network-building layers beyond `dense`: each returns a Network to chain with `networks.serial`.
+
+`blocks.conv2d(1, 8, 3)` is to `layers.conv2d(params, x)` what `torch.nn.Conv2d` is to
+`torch.nn.functional.conv2d`: it holds the options and makes the params, with torch.nn's names,
+shapes and (with init="torch") torch.nn's draws. A small CNN without torch.nn:
+`serial(conv2d(1, 8, 3, padding=1), "relu", max_pool2d(2), flatten(), dense(8 * 14 * 14, 10))`.
+
+What the Network contract (`apply(params, x) -> y`) cannot carry yet: running statistics and
+random keys. So `batch_norm` here normalises with batch statistics in every call (torch's
+`track_running_stats=False`), and dropout has no block; the pure `norm.batch_norm` (state in,
+state out) and `dropout.dropout` (a key) are ready for a Network that threads state and keys.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import torch
+
+from . import layers, norm
+from ._pytree import tree_map
+from .init import as_generator, get_scheme
+from .networks import Network, _check_linear
+
+
+def _no_params(name: str):
+    def check(params, x):
+        if not isinstance(params, dict) or params:
+            raise ValueError(f"{name} has no params, so its entry must be {{}}, got {params!r}.")
+
+    return check
+
+
+def _empty(*_, **__) -> dict:
+    return {}
+
+
+def _place(params: dict, device: Any) -> dict:
+    return params if device is None else tree_map(lambda t: t.to(device), params)
+
+
+def conv2d(
+    in_channels: int,
+    out_channels: int,
+    kernel_size: int | tuple[int, int],
+    stride: int | tuple[int, int] = 1,
+    padding: int | tuple[int, int] | str = 0,
+    dilation: int | tuple[int, int] = 1,
+    groups: int = 1,
+    bias: bool = True,
+    init: str = "torch",
+) -> Network:
+    """A 2-d convolution as a Network, as `torch.nn.Conv2d` (zero padding).
+
+    Args:
+        in_channels, out_channels: positive ints, both divisible by groups.
+        kernel_size, stride, padding, dilation, groups: as `layers.conv2d`.
+        bias: whether the layer has a bias.
+        init: an initialiser scheme (see `init.SCHEMES`); "torch" draws as torch.nn.Conv2d, with
+            fan_in = in_channels / groups * kh * kw.
+    Returns:
+        A Network with params `{"weight": (out, in / groups, kh, kw), "bias": (out,)}`.
+    """
+    kh, kw = layers._pair(kernel_size, "kernel_size")
+    for name, value in (("in_channels", in_channels), ("out_channels", out_channels)):
+        if not isinstance(value, int) or value <= 0 or value % groups:
+            raise ValueError(
+                f"conv2d: {name} must be a positive int divisible by groups={groups}, got {value!r}."
+            )
+    weight_init, bias_init = get_scheme(init)
+    shapes = {"weight": (out_channels, in_channels // groups, kh, kw)}
+    if bias:
+        shapes["bias"] = (out_channels,)
+    fan_in, fan_out = in_channels // groups * kh * kw, out_channels * kh * kw
+    options = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+
+    def init_fn(seed_or_generator, *, dtype: torch.dtype | None = None, device: Any = None):
+        generator = as_generator(seed_or_generator)
+        dtype = dtype or torch.get_default_dtype()
+        params = {"weight": weight_init(generator, shapes["weight"], fan_in, fan_out, dtype)}
+        if bias:
+            params["bias"] = bias_init(generator, shapes["bias"], fan_in, fan_out, dtype)
+        return _place(params, device)
+
+    def check(params, x):
+        _check_linear(params, shapes, "params")
+        if x.ndim not in (3, 4) or x.shape[-3] != in_channels:
+            raise ValueError(
+                f"x has shape {tuple(x.shape)}, but conv2d expects (N, {in_channels}, H, W)."
+            )
+
+    return Network(init=init_fn, apply=functools.partial(layers.conv2d, **options), check=check)
+
+
+def max_pool2d(kernel_size, stride=None, padding=0, dilation=1) -> Network:
+    """Max pooling as a Network with no params, as `torch.nn.MaxPool2d`; see `layers.max_pool2d`."""
+    options = dict(kernel_size=kernel_size, stride=stride, padding=padding, dilation=dilation)
+    return Network(
+        init=_empty,
+        apply=lambda params, x: layers.max_pool2d(x, **options),
+        check=_no_params("max_pool2d"),
+    )
+
+
+def flatten(start_dim: int = 1, end_dim: int = -1) -> Network:
+    """torch.flatten as a Network with no params, as `torch.nn.Flatten`: (N, ...) -> (N, prod)."""
+    return Network(
+        init=_empty,
+        apply=lambda params, x: layers.flatten(x, start_dim, end_dim),
+        check=_no_params("flatten"),
+    )
+
+
+def embedding(num_embeddings: int, embedding_dim: int, padding_idx: int | None = None) -> Network:
+    """A lookup table as a Network, as `torch.nn.Embedding`: N(0, 1) rows, the padding row 0.
+
+    Returns:
+        A Network with params `{"weight": (num_embeddings, embedding_dim)}`, mapping integer
+        indices of any shape to x.shape + (embedding_dim,).
+    """
+    shapes = {"weight": (num_embeddings, embedding_dim)}
+
+    def init_fn(seed_or_generator, *, dtype: torch.dtype | None = None, device: Any = None):
+        generator = as_generator(seed_or_generator)
+        weight = torch.randn(shapes["weight"], generator=generator, dtype=dtype)
+        if padding_idx is not None:
+            weight[padding_idx] = 0.0  # a fresh tensor of ours: nobody else holds it
+        return _place({"weight": weight}, device)
+
+    def apply(params, x):
+        return layers.embedding(params, x, padding_idx)
+
+    return Network(init=init_fn, apply=apply, check=lambda p, x: _check_linear(p, shapes, "params"))
+
+
+def _affine(shape: tuple[int, ...], affine: bool):
+    """init for a normalisation's weight (ones) and bias (zeros), as torch.nn; {} without."""
+
+    def init_fn(seed_or_generator, *, dtype: torch.dtype | None = None, device: Any = None):
+        as_generator(seed_or_generator)  # validates; draws nothing
+        if not affine:
+            return {}
+        dtype = dtype or torch.get_default_dtype()
+        return {
+            "weight": torch.ones(shape, dtype=dtype, device=device),
+            "bias": torch.zeros(shape, dtype=dtype, device=device),
+        }
+
+    shapes = {"weight": shape, "bias": shape} if affine else {}
+    return init_fn, lambda params, x: _check_linear(params, shapes, "params")
+
+
+def layer_norm(normalized_shape: int | tuple[int, ...], eps: float = 1e-5, affine: bool = True):
+    """Layer normalisation over the last dims as a Network, as `torch.nn.LayerNorm`."""
+    shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
+    init_fn, check = _affine(shape, affine)
+    return Network(
+        init=init_fn, apply=lambda p, x: layers.layer_norm(p, x, shape, eps), check=check
+    )
+
+
+def batch_norm(num_features: int, eps: float = 1e-5, affine: bool = True) -> Network:
+    """Batch normalisation with batch statistics only, as torch.nn.BatchNorm1d/2d with
+    `track_running_stats=False` (in train and eval alike): running statistics need a Network
+    that threads state, which this contract does not yet have (see the module docstring)."""
+    init_fn, check = _affine((num_features,), affine)
+    return Network(
+        init=init_fn,
+        apply=lambda p, x: norm.batch_norm(p, None, x, train=True, eps=eps)[0],
+        check=check,
+    )

@@ -1,0 +1,87 @@
+"""Dropout, and the counter-based random keys it draws from.
+
+Randomness (DESIGN, "Model state and randomness"): a random layer takes a key, never torch's
+global RNG nor a hidden generator. A key is a 0-d int64 tensor; `key(seed)` makes one and
+`fold_in(key, data)` derives another, so a trainer derives the key of step t as
+`fold_in(key(seed), t)` and passes it in: the same (seed, step) gives bitwise the same mask, on any
+device, whatever ran before. Bits come from a counter-based hash (SplitMix64, Steele et al. 2014,
+"Fast splittable pseudorandom number generators"): element i of a draw is mix(key + (i + 1)
+gamma), computed with plain tensor ops. That is why keys and not a `torch.Generator`: a key is
+data, so the draw is a pure function of it, and it composes with `torch.func.grad`, with `vmap`
+over a batch of keys (one independent mask per model, as fit_ensemble needs) and with
+`torch.compile`; a generator is a mutable object that vmap cannot batch.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+# SplitMix64's constants, as two's-complement int64 (torch has no uint64 arithmetic).
+_GAMMA = 0x9E3779B97F4A7C15 - (1 << 64)
+_MUL1 = 0xBF58476D1CE4E5B9 - (1 << 64)
+_MUL2 = 0x94D049BB133111EB - (1 << 64)
+_BITS = 53  # uniform bits per element: a float64 mantissa's worth
+
+
+def _shr(z: Tensor, s: int) -> Tensor:
+    """Logical right shift of int64 bits (torch's >> is arithmetic: it copies the sign bit)."""
+    return (z >> s) & ((1 << (64 - s)) - 1)
+
+
+def _mix(z: Tensor) -> Tensor:
+    """SplitMix64's finaliser, a bijection of 64-bit words; int64 products wrap mod 2^64."""
+    z = (z ^ _shr(z, 30)) * _MUL1
+    z = (z ^ _shr(z, 27)) * _MUL2
+    return z ^ _shr(z, 31)
+
+
+def key(seed: int, device=None) -> Tensor:
+    """A random key from an int seed: a 0-d int64 tensor."""
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"key: seed must be an int, got {type(seed).__name__}: {seed!r}.")
+    word = seed % (1 << 64)  # any int, as the 64-bit word it is congruent to
+    word -= (word >= 1 << 63) << 64  # ... stored as a two's-complement int64
+    return _mix(torch.tensor(word, dtype=torch.long, device=device) + _GAMMA)
+
+
+def fold_in(key: Tensor, data: int | Tensor) -> Tensor:
+    """A new key from `key` and an int (e.g. the step), independent of `key`'s own draws."""
+    data = torch.as_tensor(data, dtype=torch.long, device=key.device)
+    return _mix(key ^ _mix(data * _GAMMA + _MUL1))
+
+
+def bits(key: Tensor, shape: tuple[int, ...], device=None) -> Tensor:
+    """Uniform random integers in [0, 2^53), one per element of `shape`, from `key`."""
+    count = torch.arange(1, 1 + int(torch.Size(shape).numel()), device=device or key.device)
+    return _shr(_mix(key + count * _GAMMA), 64 - _BITS).reshape(shape)
+
+
+def dropout_mask(key: Tensor, shape: tuple[int, ...], p: float, device=None) -> Tensor:
+    """A bool mask of `shape`, each element True (kept) with probability 1 - p exactly."""
+    threshold = round((1.0 - p) * (1 << _BITS))  # P(bits < threshold) = threshold / 2^53
+    return bits(key, shape, device) < threshold
+
+
+def dropout(x: Tensor, p: float = 0.5, *, key: Tensor, train: bool) -> Tensor:
+    """Inverted dropout (Srivastava et al. 2014): in training, each element is zeroed with
+    probability p and the rest scaled by 1 / (1 - p), so the expectation is x; in eval, x itself.
+
+    Args:
+        x: any shape.
+        p: the drop probability, in [0, 1]; p = 1 gives zeros, as torch.
+        key: a key from `key`/`fold_in`; the same key gives the same mask.
+        train: False returns x unchanged.
+    Returns:
+        x's shape and dtype.
+    """
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"dropout: p must lie in [0, 1], got {p!r}.")
+    if not isinstance(key, Tensor) or key.dtype != torch.long:
+        raise TypeError(
+            f"dropout: key must be an int64 tensor from dropout.key(seed), got {key!r}."
+        )
+    if not train or p == 0.0:
+        return x
+    scale = 0.0 if p == 1.0 else 1.0 / (1.0 - p)
+    return x * dropout_mask(key, x.shape, p, x.device).to(x.dtype) * scale
