@@ -1,7 +1,8 @@
 """The training loop shared by fit and fit_ensemble: steps run in segments between host syncs.
 
 A step is a pure function `step(params, state, xb, yb) -> (params, state, loss, finite)` (see
-train.make_step). The loop feeds it batches in segments, which end where something is due: an
+train.make_step), over the user's params and state trees. When to evaluate, look and report is
+the FitArgs of `_fit_args.py`. The loop feeds it batches in segments, which end where something is due: an
 evaluation on val, a look at the host, or the end. Losses, finite flags and validation losses stay
 on the device. The loop syncs with the host only every CHECK_EVERY steps to look for a non-finite
 loss or gradient (at the very end with on_nonfinite="ignore"), where the caller asked for output
@@ -28,59 +29,12 @@ import attrs
 import torch
 from torch import Tensor
 
+from ._fit_args import FitArgs
 from ._pytree import PyTree, tree_map
 
 # Steps between two looks at the finite flags: one host sync per segment, and at most this many
 # wasted steps after a divergence.
 CHECK_EVERY = 100
-
-
-@attrs.frozen
-class FitResult:
-    """What fit and fit_ensemble return; for an ensemble of K models each per-model value has a
-    trailing axis of K and params and opt_state a leading one.
-
-    Attributes:
-        params: the trained params (new tensors; the caller's are untouched).
-        opt_state: the optimizer state after the last step; pass it back to go on.
-        losses: (n,) the training loss of each step this call ran, before that step's update (as
-            the seeds print it); on x's device. (n, K) for an ensemble.
-        steps: the steps done since the start of training, this call's included: pass it back as
-            start_step (with params and opt_state) to resume with the same batches.
-        val_losses: (m,) the loss on val at each evaluation, or None without val; (m, K) for K
-            models.
-        val_steps: the step count at each evaluation (every eval_every steps, and the last step).
-        wall_time: seconds the training loop took (the input checks before it excluded).
-        compile_time: with fit(compile=...), the seconds of the compiled step's first call, which
-            include compiling it unless an earlier fit already did; part of wall_time. Else 0.
-        stop_reason: "done" (ran all steps), "callback" (a callback stopped it) or "nonfinite"
-            (on_nonfinite="stop" met a non-finite loss, gradient or updated param).
-        nonfinite_step: the first step whose loss, gradients or updated params were not finite,
-            or None.
-    """
-
-    params: PyTree
-    opt_state: PyTree
-    losses: Tensor
-    steps: int
-    val_losses: Tensor | None = None
-    val_steps: tuple[int, ...] = ()
-    wall_time: float = 0.0
-    compile_time: float = 0.0
-    stop_reason: str = "done"
-    nonfinite_step: int | None = None
-
-
-@attrs.frozen
-class Plan:
-    """When the loop runs, looks and reports. eval_every None: no evaluation points at all."""
-
-    start: int
-    end: int
-    eval_every: int | None
-    log_every: int
-    on_nonfinite: str
-    callbacks: tuple[Callable, ...] = ()
 
 
 def run(
@@ -89,10 +43,14 @@ def run(
     params: PyTree,
     state: PyTree,
     data: Iterator[tuple[Tensor, Tensor]],
-    plan: Plan,
-) -> FitResult:
-    """Steps plan.start..plan.end on the batches of `data`; see the module docstring."""
-    return _Loop(step, evaluate, data, plan).run(params, state)
+    args: FitArgs,
+) -> dict:
+    """Steps args.start_step..args.end on the batches of `data` (see the module docstring).
+
+    Returns:
+        The fields of fit's FitResult but compile_time, by name.
+    """
+    return _Loop(step, evaluate, data, args).run(params, state)
 
 
 @attrs.define
@@ -110,22 +68,22 @@ class _Loop:
     """The bookkeeping of one run: histories on the device, one tensor per segment, and the clock of
     the progress lines."""
 
-    def __init__(self, step, evaluate, data, plan: Plan):
-        self.step, self.evaluate, self.data, self.plan = step, evaluate, data, plan
+    def __init__(self, step, evaluate, data, args: FitArgs):
+        self.step, self.evaluate, self.data, self.args = step, evaluate, data, args
         self.losses: list[Tensor] = []  # per segment: (n,) or (n, K)
         self.flags: list[Tensor] = []  # the same, True where loss and gradients were finite
         self.val_losses: list[Tensor] = []
         self.val_steps: list[int] = []
         self.since_callbacks = 0  # the first segment after the callbacks' last call
-        self.last_log, self.log_clock = plan.start, time.perf_counter()
+        self.last_log, self.log_clock = args.start_step, time.perf_counter()
 
-    def run(self, params, state) -> FitResult:
-        started, plan = time.perf_counter(), self.plan
-        s, reason, bad = plan.start, "done", None
+    def run(self, params, state) -> dict:
+        started, args = time.perf_counter(), self.args
+        s, reason, bad = args.start_step, "done", None
         mark = _Mark(s, params, state, 0)
         # torch.func.grad ignores an outer no_grad; it keeps the updates free of autograd graphs.
         with torch.no_grad():
-            while s < plan.end:
+            while s < args.end:
                 stop = self._boundary(s)
                 batches = [next(self.data) for _ in range(s, stop)]
                 params, state = self._segment(params, state, batches)
@@ -136,7 +94,7 @@ class _Loop:
                     self.val_steps.append(s)
                 if not self._looks(s):
                     continue
-                bad = self._first_bad(mark) if plan.on_nonfinite != "ignore" else None
+                bad = self._first_bad(mark) if args.on_nonfinite != "ignore" else None
                 if bad is not None:
                     params, state = self._stop(bad, mark)
                     s, reason = bad[0], "nonfinite"
@@ -145,9 +103,9 @@ class _Loop:
                 if self._host(s, params):
                     reason = "callback"
                     break
-            if plan.on_nonfinite == "ignore":
-                bad = _first_bad(torch.cat(self.flags), plan.start)
-        return FitResult(
+            if args.on_nonfinite == "ignore":
+                bad = _first_bad(torch.cat(self.flags), args.start_step)
+        return dict(
             params=params,
             opt_state=state,
             losses=torch.cat(self.losses),
@@ -161,21 +119,21 @@ class _Loop:
 
     def _boundary(self, s: int) -> int:
         """The next step count at which the loop evaluates or looks at the host, or the end."""
-        p = self.plan
+        p = self.args
         every = [n for n in (CHECK_EVERY, p.log_every, p.eval_every) if n]
         return min([p.end] + [(s // n + 1) * n for n in every])
 
     def _evaluates(self, s: int) -> bool:
-        p = self.plan
+        p = self.args
         return p.eval_every is not None and (s % p.eval_every == 0 or s == p.end)
 
     def _logs(self, s: int) -> bool:
-        return bool(self.plan.log_every) and s % self.plan.log_every == 0
+        return bool(self.args.log_every) and s % self.args.log_every == 0
 
     def _looks(self, s: int) -> bool:
         """Whether step count s syncs with the host: a check, a log line, callbacks or the end."""
-        calls = bool(self.plan.callbacks) and self._evaluates(s)
-        return s % CHECK_EVERY == 0 or s == self.plan.end or self._logs(s) or calls
+        calls = bool(self.args.callbacks) and self._evaluates(s)
+        return s % CHECK_EVERY == 0 or s == self.args.end or self._logs(s) or calls
 
     def _segment(self, params, state, batches):
         """The steps of one segment, without a host sync; their losses and flags kept stacked."""
@@ -197,10 +155,10 @@ class _Loop:
         step, model = bad
         losses = torch.cat(self.losses[mark.segment :])
         loss = losses[step - mark.step] if model is None else losses[step - mark.step, model]
-        if self.plan.on_nonfinite == "raise":
+        if self.args.on_nonfinite == "raise":
             raise FloatingPointError(_diverged(step, model, float(loss)))
         params, state = mark.params, mark.state
-        if step == self.plan.start:  # nothing to replay: these are the caller's own tensors
+        if step == self.args.start_step:  # nothing to replay: these are the caller's own tensors
             params, state = tree_map(torch.clone, params), tree_map(torch.clone, state)
         for xb, yb in mark.batches[: step - mark.step]:
             params, state, _, _ = self.step(params, state, xb, yb)
@@ -216,18 +174,18 @@ class _Loop:
             if val is None and self.evaluate is not None:
                 val = self.evaluate(params)
             self._log(s, val)
-        if not (self.plan.callbacks and self._evaluates(s)):
+        if not (self.args.callbacks and self._evaluates(s)):
             return False
         if self.evaluate is None:  # no val: the mean training loss since the last call
             val = torch.cat(self.losses[self.since_callbacks :]).mean(0)
         self.since_callbacks = len(self.losses)
-        return any([bool(callback(s, val, params)) for callback in self.plan.callbacks])
+        return any([bool(callback(s, val, params)) for callback in self.args.callbacks])
 
     def _log(self, s: int, val: Tensor | None) -> None:
         now = time.perf_counter()
         rate = (s - self.last_log) / max(now - self.log_clock, 1e-9)
         self.last_log, self.log_clock = s, now
-        end = self.plan.end
+        end = self.args.end
         width = len(str(end))  # the last line shows the last step, s - 1, and the count s
         line = f"step {s - 1:>{width}} ({s:>{width}}/{end} done)  loss {_mean(self.losses[-1][-1]):.6g}"
         if val is not None:

@@ -19,14 +19,15 @@ import math
 import attrs
 from torch import Tensor
 
-from ._pytree import PyTree
-from .optim._checks import integer, number
+from ._checks import flags, integer, number
+from ._pytree import PyTree, tree_map
 
 
 class EarlyStopping:
     """Stop when the monitored loss has not improved for `patience` evaluations in a row.
 
-    Keeps the best params seen: fit never mutates params, so holding them costs no copy. Its state
+    Keeps a copy of the best params seen (a copy, so that it stays valid however fit's loop
+    treats the buffers it owns; one params-size copy per improvement). Its state
     follows one fit: each fit it is passed to starts it afresh (on_fit_start), so an instance can
     be reused, but a resumed fit waits `patience` evaluations anew.
 
@@ -48,10 +49,7 @@ class EarlyStopping:
     def __init__(self, patience: int = 5, min_delta: float = 0.0, restore_best: bool = False):
         integer("patience", patience, 1)
         number("min_delta", min_delta)
-        if not isinstance(restore_best, bool):
-            raise TypeError(
-                f"restore_best must be a bool, got {type(restore_best).__name__}: {restore_best!r}."
-            )
+        flags(restore_best=restore_best)
         self.patience, self.min_delta, self.restore_best = patience, float(min_delta), restore_best
         self.on_fit_start()
 
@@ -72,7 +70,8 @@ class EarlyStopping:
     def __call__(self, step: int, loss: Tensor, params: PyTree) -> bool:
         value = float(loss)
         if value < self.best_loss - self.min_delta:
-            self.best_loss, self.best_step, self.best_params = value, step, params
+            self.best_loss, self.best_step = value, step
+            self.best_params = tree_map(_copy, params)
             self._waited = 0
             return False
         self._waited += 1
@@ -80,3 +79,7 @@ class EarlyStopping:
             self.stopped_step = step
             return True
         return False
+
+
+def _copy(leaf):
+    return leaf.clone() if isinstance(leaf, Tensor) else leaf

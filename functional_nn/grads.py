@@ -11,7 +11,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from . import _checks
+from . import _data_checks
 from ._pytree import PyTree
 from .losses import Loss, get_loss, sse
 from .networks import Network
@@ -37,10 +37,10 @@ def per_example_grads(
         gradient. With a "mean" loss over examples, their mean is the full batch's gradient.
     """
     loss = get_loss(loss)
-    _checks.check_data(x, y)
-    _checks.check_params(params, x, model)
-    _checks.check_finite_params(params)
-    _checks.check_outputs(model, loss, params, x, y)
+    _data_checks.check_data(x, y)
+    _data_checks.check_params(params, x, model)
+    _data_checks.check_finite_params(params)
+    _data_checks.check_outputs(model, loss, params, x, y)
     apply = model.apply if isinstance(model, Network) else model
 
     def example_loss(p, xi, yi):

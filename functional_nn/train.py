@@ -1,39 +1,37 @@
 """fit and fit_ensemble: train one network, or K at once with torch.func.vmap, purely.
 
-The work of one step is one pure function, `make_step`'s: gradient, optimizer update, and a finite
-flag, all on the device. The loop around it (`_loop.py`) keeps the losses on the device and syncs
-with the host only every CHECK_EVERY steps and where the caller asked for output; the batches come
-from `data.py`, as a pure function of (seed, step), which is what makes a resumed run bitwise equal
-to an uninterrupted one.
+The work of one step is one pure function, `make_step`'s (`_step.py`): gradient, optimizer update, and a finite
+flag, all on the device, over the user's params and state trees (the optimizer contract holds
+inside fit as in a hand-written loop). The loop around it (`_loop.py`) keeps the losses on the
+device and syncs with the host only every CHECK_EVERY steps and where the caller asked for output;
+the batches come from `data.py`, as a pure function of (seed, step), which is what makes a resumed
+run bitwise equal to an uninterrupted one. The arguments are checked and parsed once, into the
+FitArgs of `_fit_args.py`.
 """
 
 from __future__ import annotations
 
-import functools
-import time
-import types
 from collections.abc import Callable, Sequence
 
 import attrs
-import torch
 from torch import Tensor
 
-from . import _checks
-from ._loop import CHECK_EVERY, FitResult, Plan, run
-from ._pytree import (
-    PyTree,
-    tree_flatten,
-    tree_index,
-    tree_leaves,
-    tree_map,
-    tree_stack,
-    tree_structure,
-    tree_unflatten,
+from . import _data_checks, _fit_args
+from ._fit_args import COMPILE_MODES, DEFAULT_COMPILE_MODES, DEFAULT_STEPS
+from ._loop import CHECK_EVERY, run
+from ._pytree import PyTree, tree_index, tree_stack
+from ._step import (
+    compiled_step,
+    compiled_vmapped_step,
+    make_step,
+    timing_first_call,
+    vmapped_eval,
+    vmapped_step,
 )
-from .data import batches, steps_per_epoch
+from .data import batches
 from .losses import sse
 from .networks import Network
-from .optim.base import GradientTransformation, apply_updates
+from .optim.base import GradientTransformation
 
 __all__ = [
     "CHECK_EVERY",
@@ -47,84 +45,44 @@ __all__ = [
     "make_step",
 ]
 
-# The seeds train 500 full-batch steps; fit without steps or epochs does the same.
-DEFAULT_STEPS = 500
-
 Model = Network | Callable[[PyTree, Tensor], Tensor]
 Loss = Callable[[Tensor, Tensor], Tensor]
 
 
-def make_step(apply: Callable, loss: Loss, opt: GradientTransformation, spec=None) -> Callable:
-    """One training step as a pure function, for fit's loop (and for torch.compile or vmap).
+@attrs.frozen
+class FitResult:
+    """What fit and fit_ensemble return; for an ensemble of K models each per-model value has a
+    trailing axis of K and params and opt_state a leading one.
 
-    Args:
-        apply, loss, opt: the model's apply, the loss and the optimizer.
-        spec: None for a step over params trees; or the params' tree structure, for a step over
-            the flat list of their leaves (what fit runs: no tree is flattened or rebuilt per step
-            but the one `apply` reads). The optimizer state must then be made from that list.
-    Returns:
-        `step(params, state, xb, yb) -> (params, state, loss, finite)`: the params and state after
-        one update on the batch, the loss before it (0-d), and a 0-d bool that is True when the
-        loss, every gradient and every updated param are finite (an update can overflow where
-        the gradients did not, e.g. adam's eps vanishes in float16). Nothing syncs with the host.
-        It raises TypeError or ValueError, as fit's checks do, when the model returns no tensor
-        or the loss no 0-d floating tensor.
+    Attributes:
+        params: the trained params (new tensors; the caller's are untouched).
+        opt_state: the optimizer state after the last step; pass it back to go on.
+        losses: (n,) the training loss of each step this call ran, before that step's update (as
+            the seeds print it); on x's device. (n, K) for an ensemble.
+        steps: the steps done since the start of training, this call's included: pass it back as
+            start_step (with params and opt_state) to resume with the same batches.
+        val_losses: (m,) the loss on val at each evaluation, or None without val; (m, K) for K
+            models.
+        val_steps: the step count at each evaluation (every eval_every steps, and the last step).
+        wall_time: seconds the training loop took (the input checks before it excluded).
+        compile_time: with fit(compile=...), the seconds of the compiled step's first call, which
+            include compiling it unless an earlier fit already did; part of wall_time. Else 0.
+        stop_reason: "done" (ran all steps), "callback" (a callback stopped it) or "nonfinite"
+            (on_nonfinite="stop" met a non-finite loss, gradient or updated param).
+        nonfinite_step: the first step whose loss, gradients or updated params were not finite,
+            or None.
     """
-    model = apply if spec is None else (lambda leaves, xb: apply(tree_unflatten(leaves, spec), xb))
 
-    def checked_loss(p, xb, yb):
-        # fit checks these on meta tensors before any work, unless the model or loss cannot run
-        # there (.item()); then here, at the first step, before any update: metadata only, free.
-        pred = model(p, xb)
-        _checks.check_pred(pred, "model(params, x)")
-        value = loss(pred, yb)
-        _checks.check_loss_value(value, "loss(pred, y)")
-        return value
-
-    value_and_grad = torch.func.grad_and_value(checked_loss)
-
-    def step(params, state, xb, yb):
-        grads, value = value_and_grad(params, xb, yb)
-        updates, state = opt.update(grads, state, params)
-        params = apply_updates(params, updates)
-        return params, state, value, _finite([value, *tree_leaves(grads), *tree_leaves(params)])
-
-    return step
-
-
-def _finite(tensors: list[Tensor]) -> Tensor:
-    """True when every tensor is finite: NaN and inf survive a sum, so one sum per tensor (a read
-    of it) tells, where isfinite would write a mask of it. The sums run in float32 at least, so
-    that finite float16 params do not overflow theirs; a sum that overflows float32 counts as
-    non-finite: that is divergence in all but name."""
-    dtype = functools.reduce(torch.promote_types, [t.dtype for t in tensors], torch.float32)
-    return torch.isfinite(torch.stack([t.sum(dtype=dtype) for t in tensors])).all()
-
-
-# compile=True's mode, by device type. On CPU, max-autotune-no-cudagraphs was the fastest in steady
-# state (scripts/bench.py); on CUDA a step is launch-bound, and CUDA graphs replay it whole.
-DEFAULT_COMPILE_MODES = {"cpu": "max-autotune-no-cudagraphs", "cuda": "reduce-overhead"}
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-
-
-@functools.lru_cache(maxsize=32)
-def compiled_step(apply: Callable, loss: Loss, opt: GradientTransformation, spec, mode: str):
-    """make_step(apply, loss, opt, spec) compiled whole (gradient and update) by torch.compile.
-
-    Cached on its arguments, so fits with the same model, loss and optimizer objects share one
-    compiled step (torch.compile itself recompiles only for new shapes, dtypes or devices). Modes
-    with CUDA graphs replay into memory the next replay overwrites, so there every output is
-    cloned before the loop keeps it.
-    """
-    step = torch.compile(_own_code(make_step(apply, loss, opt, spec)), mode=mode, fullgraph=True)
-    if mode not in ("reduce-overhead", "max-autotune"):
-        return step
-
-    def graphed(params, state, xb, yb):
-        torch.compiler.cudagraph_mark_step_begin()
-        return tree_map(torch.clone, step(params, state, xb, yb))
-
-    return graphed
+    params: PyTree
+    opt_state: PyTree
+    losses: Tensor
+    steps: int
+    val_losses: Tensor | None = None
+    val_steps: tuple[int, ...] = ()
+    wall_time: float = 0.0
+    compile_time: float = 0.0
+    stop_reason: str = "done"
+    nonfinite_step: int | None = None
 
 
 def fit(
@@ -152,7 +110,7 @@ def fit(
     """Train `params` on `loss(model(params, xb), yb)` with `opt`, full batch or in minibatches.
 
     Pure: nothing the caller passed is mutated, and the same inputs give bitwise the same result
-    on CPU. Every input is checked before any work (see `_checks.py`): among others, the model
+    on CPU. Every input is checked before any work (see `_fit_args.py`): among others, the model
     and the loss run once on meta tensors (shapes only) of the shapes a step gives them (a batch
     of batch_size rows; all of val), so a mismatch of x, params, y or val with the model or the
     loss is a ValueError naming the call that failed, before the first step, for a plain
@@ -164,7 +122,12 @@ def fit(
         params: a pytree of finite floating tensors with x's dtype and device, as made by
             `model.init`.
         x: (N, ...) real floating inputs; y: (N, ...) targets. No NaN or inf.
-        opt: a GradientTransformation, e.g. `optim.adam(1e-4)`.
+        opt: a GradientTransformation, e.g. `optim.adam(1e-4)`. Its `init` runs once, on
+            `params`, and its `update(grads, state, params)` sees trees of params' structure,
+            as in a hand-written loop. An opt that is a GradientTransformationExtraArgs is also
+            given, by keyword, `value` (the 0-d loss at params, before the update, on this
+            step's batch) and `value_fn` (`value_fn(params) -> 0-d loss` on the same batch);
+            other opts never see them. The same holds under fit_ensemble and compile.
         model: a Network, or any `apply(params, x) -> pred` (pred a tensor).
         loss: `loss(pred, y) -> 0-d floating tensor` (an integer loss would have no gradient).
         steps: updates to run in this call, >= 1. Give steps or epochs, not both; with neither,
@@ -174,7 +137,9 @@ def fit(
             as torch's DataLoader(drop_last=False) makes them (the last one short); see `data.py`.
         shuffle: a new order every epoch, `data.epoch_order(N, seed, epoch)`.
         seed: the seed of the data order.
-        opt_state: a state from an earlier fit or `opt.init(params)`; a fresh one when None.
+        opt_state: a state from an earlier fit or `opt.init(params)` (of params' tree
+            structure); a fresh one when None. Given one, fit checks it against opt.init run on
+            meta tensors of params' shapes (no data), the one other call of init.
         start_step: the steps already done (an earlier result's `steps`), < 2**63: the data
             order and the step counts go on from there, so fit(r.params, ...,
             opt_state=r.opt_state, start_step=r.steps) continues r bitwise, at a cost that does
@@ -199,120 +164,27 @@ def fit(
         A FitResult: params, opt_state, the (n,) losses of this call, steps, validation history,
         wall time, compile time, why it stopped, and the first non-finite step.
     """
-    _checks.check_fit(
-        params,
-        x,
-        y,
-        opt,
-        model=model,
-        loss=loss,
-        steps=steps,
-        epochs=epochs,
-        batch_size=batch_size,
-        shuffle=shuffle,
-        seed=seed,
-        opt_state=opt_state,
-        start_step=start_step,
-        val=val,
-        callbacks=callbacks,
-        log_every=log_every,
-        eval_every=eval_every,
-        on_nonfinite=on_nonfinite,
-    )
-    _checks.check_compile(compile, COMPILE_MODES)
-    apply = model.apply if isinstance(model, Network) else model
-    # The loop runs over the flat list of leaves; the trees are rebuilt once, at the end.
-    leaves, spec = tree_flatten(params)
-    # The state's structures, params-shaped and list-shaped, from states built on the meta device.
-    state_spec = tree_structure(_checks.state_shapes(opt.init, params))
-    state = (
-        opt.init(leaves)
-        if opt_state is None
-        else _respec(opt_state, _checks.state_shapes(opt.init, leaves))
-    )
-    tree = lambda leaves: tree_unflatten(leaves, spec)
-    evaluate = None if val is None else (lambda p: loss(apply(tree(p), val[0]), val[1]))
-    hooks = list(callbacks)
-    callbacks = [lambda s, value, p, cb=cb: cb(s, value, tree(p)) for cb in callbacks]
-    plan = _plan(
-        x.shape[0],
-        steps,
-        epochs,
-        batch_size,
-        start_step,
-        val,
-        callbacks,
-        log_every,
-        eval_every,
-        on_nonfinite,
-    )
-    data = batches(x, y, batch_size, shuffle, seed, start_step)
+    # fit's arguments as given: the first statement, so locals() holds exactly them.
+    args = _fit_args.parse_fit(**locals())
+    state = opt.init(params) if args.opt_state is None else args.opt_state
+    evaluate = None
+    if args.val is not None:
+        val_x, val_y = args.val
+        evaluate = lambda p: args.loss(args.apply(p, val_x), val_y)
+    data = batches(x, y, args.batch_size, args.shuffle, args.seed, args.start_step)
     first_call = []  # the seconds of the compiled step's first call, compilation included
-    if compile:
-        default = DEFAULT_COMPILE_MODES.get(x.device.type, "default")
-        mode = default if compile is True else compile
-        step = _timing_first_call(compiled_step(apply, loss, opt, spec, mode), first_call)
+    if args.compile:
+        step = compiled_step(args.apply, args.loss, opt, args.compile)
+        step = timing_first_call(step, first_call)
     else:
-        step = make_step(apply, loss, opt, spec)
-    for hook in hooks:
+        step = make_step(args.apply, args.loss, opt)
+    for hook in args.callbacks:
         getattr(hook, "on_fit_start", lambda: None)()
-    result = run(step, evaluate, leaves, state, data, plan)
-    result = attrs.evolve(
-        result,
-        params=tree(result.params),
-        opt_state=tree_unflatten(tree_leaves(result.opt_state), state_spec),
-        compile_time=sum(first_call),
-    )
-    for hook in hooks:
+    fields = run(step, evaluate, params, state, data, args)
+    result = FitResult(**fields, compile_time=sum(first_call))
+    for hook in args.callbacks:
         result = getattr(hook, "on_fit_end", lambda r: r)(result)
     return result
-
-
-def _own_code(fn: Callable) -> Callable:
-    """`fn` with a code object of its own. torch.compile keeps its compiled variants per code
-    object, at most torch._dynamo.config.recompile_limit (8) of them; every step that make_step
-    makes shares one code object, so without this the ninth (model, loss, opt) would fail."""
-    return types.FunctionType(
-        fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__
-    )
-
-
-def _timing_first_call(step: Callable, seconds: list[float]) -> Callable:
-    """`step`, appending to `seconds` how long its first call took."""
-
-    def timed(*args):
-        if seconds:
-            return step(*args)
-        start = time.perf_counter()
-        out = step(*args)
-        seconds.append(time.perf_counter() - start)
-        return out
-
-    return timed
-
-
-def _respec(state: PyTree, like: PyTree) -> PyTree:
-    """`state`'s leaves in the structure of `like`: an optimizer state made from params trees,
-    rebuilt as the state made from their flat list of leaves (the same leaves, in the same order)."""
-    return tree_unflatten(tree_leaves(state), tree_structure(like))
-
-
-def _plan(
-    n, steps, epochs, batch_size, start_step, val, callbacks, log_every, eval_every, on_nonfinite
-) -> Plan:
-    """How long to run and when to evaluate: once per epoch unless eval_every says otherwise."""
-    per_epoch = steps_per_epoch(n, batch_size)
-    if steps is None:
-        steps = DEFAULT_STEPS if epochs is None else epochs * per_epoch
-    evaluates = val is not None or bool(callbacks)
-    return Plan(
-        start=start_step,
-        end=start_step + steps,
-        eval_every=(eval_every or per_epoch) if evaluates else None,
-        log_every=log_every,
-        on_nonfinite=on_nonfinite,
-        callbacks=tuple(callbacks),
-    )
 
 
 def fit_ensemble(
@@ -365,126 +237,26 @@ def fit_ensemble(
     Returns:
         A FitResult with stacked params and opt_state, (n, K) losses and (m, K) val_losses.
     """
-    stacked, k, lr_values = _checks.check_ensemble(
-        params,
-        x,
-        y,
-        opt,
-        model=model,
-        loss=loss,
-        lrs=lrs,
-        steps=steps,
-        epochs=epochs,
-        batch_size=batch_size,
-        shuffle=shuffle,
-        seed=seed,
-        start_step=start_step,
-        val=val,
-        log_every=log_every,
-        eval_every=eval_every,
-        on_nonfinite=on_nonfinite,
-    )
-    make_opt = (lambda i: opt) if lr_values is None else (lambda i: opt(lr_values[i]))
+    # fit_ensemble's arguments as given: the first statement, so locals() holds exactly them.
+    args, stacked, k = _fit_args.parse_ensemble(**locals())
+    lrs = args.lrs
+    make_opt = (lambda i: opt) if lrs is None else (lambda i: opt(lrs[i]))
     init = lambda p: tree_stack([make_opt(i).init(tree_index(p, i)) for i in range(k)])
-    if opt_state is not None:
-        _checks.check_opt_state(opt_state, _checks.state_shapes(init, stacked), x.device)
-    state = init(stacked) if opt_state is None else opt_state
-    apply = model.apply if isinstance(model, Network) else model
-    per_model_data = not isinstance(seed, int) and shuffle and batch_size is not None
-    key = (
-        apply,
-        loss,
-        opt,
-        _Flat.of(stacked),
-        _Flat.of(state),
-        lr_values is not None,
-        per_model_data,
-    )
+    if args.opt_state is not None:
+        expected = _data_checks.state_shapes(init, stacked)
+        _data_checks.check_opt_state(args.opt_state, expected, x.device)
+    state = init(stacked) if args.opt_state is None else args.opt_state
+    per_model_data = isinstance(args.seed, tuple) and args.shuffle and args.batch_size is not None
+    key = (args.apply, args.loss, opt, lrs is not None, per_model_data)
     first_call = []
-    if compile:
-        # max-autotune's matmul templates fail an inductor assertion on vmapped steps (torch 2.13).
-        mode = "default" if compile is True else compile
-        vmapped = _timing_first_call(_compiled_vmapped_step(*key, mode), first_call)
+    if args.compile:
+        vmapped = timing_first_call(compiled_vmapped_step(*key, args.compile), first_call)
     else:
-        vmapped = _vmapped_step(*key)
-    step = lambda p, s, xb, yb: vmapped(p, s, xb, yb, lr_values)
-    evaluate = None if val is None else _vmapped_eval(apply, loss, stacked, val)
-    plan = _plan(
-        x.shape[0],
-        steps,
-        epochs,
-        batch_size,
-        start_step,
-        val,
-        (),
-        log_every,
-        eval_every,
-        on_nonfinite,
-    )
+        vmapped = vmapped_step(*key)
+    step = lambda p, s, xb, yb: vmapped(p, s, xb, yb, lrs)
+    evaluate = None if args.val is None else vmapped_eval(args.apply, args.loss, args.val)
+    seed = args.seed
     data_seed = list(seed) if per_model_data else seed if isinstance(seed, int) else seed[0]
-    data = batches(x, y, batch_size, shuffle, data_seed, start_step)
-    return attrs.evolve(
-        run(step, evaluate, stacked, state, data, plan), compile_time=sum(first_call)
-    )
-
-
-def _vmapped_step(apply, loss, opt, p_flat, s_flat, per_model_lr: bool, per_model_data: bool):
-    """make_step over K models: vmapped over params, state, lrs and (per_model_data) batches.
-
-    vmap sees lists of tensors, as it takes and returns nothing else and a state may hold None.
-    Returns:
-        `step(params, state, xb, yb, lrs) -> (params, state, losses, finite)`.
-    """
-
-    def one(p, s, xb, yb, lr):
-        step = make_step(apply, loss, opt(lr) if per_model_lr else opt)
-        p, s, value, finite = step(p_flat.tree(p), s_flat.tree(s), xb, yb)
-        return p_flat.tensors(p), s_flat.tensors(s), value, finite
-
-    data_dim = 0 if per_model_data else None
-    batched = torch.func.vmap(one, in_dims=(0, 0, data_dim, data_dim, 0 if per_model_lr else None))
-
-    def step(params, state, xb, yb, lrs):
-        p, s, value, finite = batched(p_flat.tensors(params), s_flat.tensors(state), xb, yb, lrs)
-        return p_flat.tree(p), s_flat.tree(s), value, finite
-
-    return step
-
-
-@functools.lru_cache(maxsize=32)
-def _compiled_vmapped_step(*key_and_mode):
-    """_vmapped_step compiled whole, cached as compiled_step is (the lrs are an input, not part
-    of the key)."""
-    *key, mode = key_and_mode
-    return torch.compile(_own_code(_vmapped_step(*key)), mode=mode, fullgraph=True)
-
-
-def _vmapped_eval(apply, loss, params, val) -> Callable[[PyTree], Tensor]:
-    flat = _Flat.of(params)
-    one = lambda p: loss(apply(flat.tree(p), val[0]), val[1])
-    return lambda params: torch.func.vmap(one)(flat.tensors(params))
-
-
-@attrs.frozen
-class _Flat:
-    """A tree's layout: its structure and its leaves that are not tensors (None), so that a tree
-    of that layout goes to its list of tensors and back. Hashable, to key the compiled steps."""
-
-    spec: object
-    others: tuple  # (index, leaf) for each leaf that is not a tensor
-
-    @classmethod
-    def of(cls, like: PyTree) -> _Flat:
-        leaves, spec = tree_flatten(like)
-        return cls(
-            spec, tuple((i, leaf) for i, leaf in enumerate(leaves) if not isinstance(leaf, Tensor))
-        )
-
-    def tensors(self, tree: PyTree) -> list[Tensor]:
-        return [leaf for leaf in tree_leaves(tree) if isinstance(leaf, Tensor)]
-
-    def tree(self, tensors: list[Tensor]) -> PyTree:
-        leaves = list(tensors)
-        for i, leaf in self.others:
-            leaves.insert(i, leaf)
-        return tree_unflatten(leaves, self.spec)
+    data = batches(x, y, args.batch_size, args.shuffle, data_seed, args.start_step)
+    fields = run(step, evaluate, stacked, state, data, args)
+    return FitResult(**fields, compile_time=sum(first_call))

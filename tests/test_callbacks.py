@@ -46,7 +46,11 @@ def test_early_stopping_waits_patience_evaluations(patience, min_delta, losses, 
         ({"min_delta": -0.1}, ValueError, r"Invalid min_delta: -0.1 \(expected a number >= 0\)"),
         ({"min_delta": math.nan}, ValueError, r"Invalid min_delta: nan"),
         ({"min_delta": "a"}, TypeError, r"min_delta must be a number, got str: 'a'"),
-        ({"restore_best": 1}, TypeError, r"restore_best must be a bool, got int: 1"),
+        (
+            {"restore_best": 1},
+            TypeError,
+            r"restore_best must be a bool \(True or False\), got int: 1",
+        ),
     ],
 )
 def test_early_stopping_rejects_bad_settings(kwargs, error, message):
@@ -147,3 +151,14 @@ def test_a_reused_early_stopping_starts_each_fit_afresh():
         None,
         6,
     )
+
+
+def test_best_params_are_a_copy_that_outlives_the_loops_buffers():
+    """best_params stays the params of the best evaluation even if the tensors passed to the
+    callback are later written in place (as a loop that reuses its own buffers would)."""
+    stopper = fnn.callbacks.EarlyStopping(patience=2)
+    params = [{"weight": torch.ones(2, 2), "bias": torch.zeros(2)}]
+    stopper(1, torch.tensor(1.0), params)
+    params[0]["weight"].add_(5.0)
+    assert torch.equal(stopper.best_params[0]["weight"], torch.ones(2, 2))
+    assert stopper.best_params[0]["weight"] is not params[0]["weight"]

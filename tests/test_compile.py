@@ -58,7 +58,9 @@ def test_the_compiled_step_is_reused_across_fits(device):
 
 def test_compile_rejects_an_unknown_mode():
     x, y, params = _data("cpu")
-    with pytest.raises(ValueError, match=r"compile must be True, False or one of .*'fastest'"):
+    with pytest.raises(
+        ValueError, match=r"Invalid compile: 'fastest' \(expected one of \(True, False, 'default'"
+    ):
         fnn.fit(params, x, y, OPTS["sgd"], model=NET, compile="fastest")
 
 

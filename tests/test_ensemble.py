@@ -167,13 +167,13 @@ BAD = [
         "lrs-negative",
         dict(opt=lambda lr: optim.sgd(lr), lrs=[1e-3] * 7 + [-1.0]),
         ValueError,
-        r"lrs\[7\] must be a finite number >= 0, got -1.0",
+        r"Invalid lrs\[7\]: -1.0 \(expected a number >= 0\)",
     ),
     (
         "lrs-nan",
         dict(opt=lambda lr: optim.sgd(lr), lrs=torch.tensor([1e-3] * 7 + [float("nan")])),
         ValueError,
-        r"lrs\[7\] must be a finite number >= 0, got nan",
+        r"Invalid lrs\[7\]: nan \(not finite; expected a number >= 0\)",
     ),
     (
         "lrs-with-transformation",
@@ -199,7 +199,12 @@ BAD = [
         ValueError,
         r"seed must be an int or a list of 8 ints \(one per model\), got \[0, 1\]",
     ),
-    ("seed-negative", dict(seed=-3), ValueError, r"seed must be in \[0, 2\*\*64\), got -3"),
+    (
+        "seed-negative",
+        dict(seed=-3),
+        ValueError,
+        r"Invalid seed: -3 \(expected an int in \[0, 2\*\*64\)\)",
+    ),
     (
         "seed-item",
         dict(seed=[0] * 7 + [1.5]),

@@ -220,7 +220,12 @@ BAD_INPUTS = [
         TypeError,
         r"x must be a floating.*got dtype torch\.int64",
     ),
-    ("steps_zero", lambda x, y: dict(x=x, y=y, steps=0), ValueError, r"steps must be >= 1, got 0"),
+    (
+        "steps_zero",
+        lambda x, y: dict(x=x, y=y, steps=0),
+        ValueError,
+        r"Invalid steps: 0 \(expected an int >= 1\)",
+    ),
 ]
 
 

@@ -4,9 +4,11 @@
 the sign and the learning rate, so `apply_updates(params, updates)` only adds. A state is a pytree
 of tensors (NamedTuples here), step counts included, so it can be saved, vmapped and compiled.
 
-The transforms of this package are written over the flat list of leaves (`leafwise`): a chain of
-them flattens the grads and params once per update, not once per transform, which keeps the
-Python work of a step close to torch.optim's.
+The transforms of this package are written over the flat list of leaves (`leafwise`). That is
+below the contract, not instead of it: their `update` is a `LeafwiseUpdate`, which takes and
+returns trees like any update and also carries the list-level function, so that a chain of them
+flattens the grads once per update, not once per transform (which keeps the Python work of a step
+close to torch.optim's). Their states are made from, and hold, the user's params trees.
 
 Every update checks what it is given, from metadata only (types, tree structures, shapes, dtypes;
 never a value, so no host sync, and the checks trace under vmap, grad and torch.compile): a state
@@ -79,8 +81,7 @@ def leafwise(
         state_type: the class of the states `init` makes; when given, every update first checks
             its state with `check_state`.
     Returns:
-        A GradientTransformation whose `update` also carries `update_leaves` as `.leaves`, so
-        `chain` can compose the list-level functions without flattening in between.
+        A GradientTransformation whose `update` is a LeafwiseUpdate of `update_leaves`.
     """
     if state_type is not None:
         unchecked = update_leaves
@@ -89,13 +90,28 @@ def leafwise(
             check_state(state, state_type, g, spec)
             return unchecked(g, state, params, spec)
 
-    def update(grads, state, params=None):
-        g, spec = tree_flatten(grads)
-        out, state = update_leaves(g, state, params, spec)
-        return tree_unflatten(_keep_dtypes(out, g), spec), state
+    return GradientTransformation(init, LeafwiseUpdate(update_leaves))
 
-    update.leaves = update_leaves
-    return GradientTransformation(init, update)
+
+class LeafwiseUpdate:
+    """An update over trees, `update(grads, state, params=None) -> (updates, new_state)`, that
+    also offers its list-level form, `leaves(grad_leaves, state, params, spec)` (see `leafwise`).
+
+    The typed extension of the contract for transforms written over leaves: `chain` composes the
+    `leaves` of its members when all of them are LeafwiseUpdates (an isinstance check, never an
+    attribute sniffed), so a chain flattens once. The state is the same either way: the one
+    `init` made from the params tree.
+    """
+
+    __slots__ = ("leaves",)
+
+    def __init__(self, leaves: LeafUpdate):
+        self.leaves = leaves
+
+    def __call__(self, grads: PyTree, state: PyTree, params: PyTree | None = None):
+        g, spec = tree_flatten(grads)
+        out, state = self.leaves(g, state, params, spec)
+        return tree_unflatten(_keep_dtypes(out, g), spec), state
 
 
 def _keep_dtypes(out: list[Tensor], like: list[Tensor]) -> list[Tensor]:
@@ -220,8 +236,8 @@ def chain(*transforms: GradientTransformation) -> GradientTransformation:
             )
 
     takes_extra = [isinstance(t, GradientTransformationExtraArgs) for t in transforms]
-    parts = [getattr(t.update, "leaves", None) for t in transforms]
-    if all(parts) and not any(takes_extra):
+    parts = [t.update.leaves for t in transforms if isinstance(t.update, LeafwiseUpdate)]
+    if len(parts) == len(transforms) and not any(takes_extra):
 
         def update_leaves(g, state, p, spec):
             check(state)
