@@ -17,9 +17,10 @@ from torch import Tensor
 from . import _checks, _data_checks, _ensemble_checks
 from ._pytree import PyTree, tree_index
 from .data import steps_per_epoch
+from .losses import get_loss
 from .networks import Network
 
-# The seeds train 500 full-batch steps; fit without steps or epochs does the same.
+# The PyTorch tutorial's two-layer network trains 500 full-batch steps; fit without steps or epochs does the same.
 DEFAULT_STEPS = 500
 ON_NONFINITE = ("raise", "stop", "ignore")
 # compile=True's mode, by device type. On CPU, max-autotune-no-cudagraphs was the fastest in steady
@@ -136,8 +137,7 @@ def _options(
     _checks.integer("log_every", log_every, 0)
     _checks.integer("eval_every", eval_every, 1, allow_none=True)
     _seeds(seed, k)
-    if not callable(loss):
-        raise TypeError(f"loss must be a callable loss(pred, y) -> 0-d tensor, got {loss!r}.")
+    loss = get_loss(loss)  # a name ("cross_entropy") or a callable
     _checks.flags(shuffle=shuffle)
     if not isinstance(callbacks, (list, tuple)) or not all(callable(c) for c in callbacks):
         raise TypeError(

@@ -58,7 +58,7 @@ class FitResult:
         params: the trained params (new tensors; the caller's are untouched).
         opt_state: the optimizer state after the last step; pass it back to go on.
         losses: (n,) the training loss of each step this call ran, before that step's update (as
-            the seeds print it); on x's device. (n, K) for an ensemble.
+            the PyTorch tutorial prints it); on x's device. (n, K) for an ensemble.
         steps: the steps done since the start of training, this call's included: pass it back as
             start_step (with params and opt_state) to resume with the same batches.
         val_losses: (m,) the loss on val at each evaluation, or None without val; (m, K) for K
@@ -92,7 +92,7 @@ def fit(
     opt: GradientTransformation,
     *,
     model: Model,
-    loss: Loss = sse,
+    loss: str | Loss = sse,
     steps: int | None = None,
     epochs: int | None = None,
     batch_size: int | None = None,
@@ -129,9 +129,10 @@ def fit(
             step's batch) and `value_fn` (`value_fn(params) -> 0-d loss` on the same batch);
             other opts never see them. The same holds under fit_ensemble and compile.
         model: a Network, or any `apply(params, x) -> pred` (pred a tensor).
-        loss: `loss(pred, y) -> 0-d floating tensor` (an integer loss would have no gradient).
+        loss: `loss(pred, y) -> 0-d floating tensor` (an integer loss would have no gradient),
+            or a loss's name (see `losses.LOSSES`), e.g. "cross_entropy".
         steps: updates to run in this call, >= 1. Give steps or epochs, not both; with neither,
-            fit runs DEFAULT_STEPS (500) steps, as the seeds do.
+            fit runs DEFAULT_STEPS (500) steps, as the PyTorch tutorial does.
         epochs: passes over the data to run in this call: epochs * ceil(N / batch_size) steps.
         batch_size: examples per step, 1..N; None for the whole data at every step. Batches are
             as torch's DataLoader(drop_last=False) makes them (the last one short); see `data.py`.
@@ -194,7 +195,7 @@ def fit_ensemble(
     opt: GradientTransformation | Callable[[Tensor], GradientTransformation],
     *,
     model: Model,
-    loss: Loss = sse,
+    loss: str | Loss = sse,
     lrs: Sequence[float] | Tensor | None = None,
     steps: int | None = None,
     epochs: int | None = None,

@@ -218,3 +218,13 @@ def test_fit_ensemble_passes_value_to_extra_args_transforms(compile):
         one = fnn.fit(stacked[k], x, y, opt, model=NET, steps=4, batch_size=BATCH)
         assert_trees_close(tree_index(r.params, k), one.params, 1e-12, f"model {k}")
         assert_trees_close(r.losses[:, k], one.losses, 1e-12, f"model {k}'s losses")
+
+
+def test_a_loss_by_name_trains_as_the_loss_itself():
+    net = fnn.mlp([3, 4, 2])
+    params = net.init(0, dtype=torch.float64)
+    x = torch.randn(8, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    y = torch.tensor([0, 1, 1, 0, 1, 0, 0, 1])
+    by_name = fnn.fit(params, x, y, fnn.sgd(0.1), model=net, loss="cross_entropy", steps=5)
+    by_callable = fnn.fit(params, x, y, fnn.sgd(0.1), model=net, loss=fnn.cross_entropy, steps=5)
+    assert torch.equal(by_name.losses, by_callable.losses)

@@ -205,7 +205,8 @@ CASES = [
         TypeError,
         r"model must be a Network or a callable .*, got str 'mlp'",
     ),
-    ("loss", lambda kw: {"loss": "sse"}, TypeError, r"loss must be a callable loss\(pred, y\)"),
+    ("loss", lambda kw: {"loss": 3}, TypeError, r"loss must be a name or a callable"),
+    ("loss", lambda kw: {"loss": "nope"}, ValueError, r"Unknown loss 'nope'; expected one of"),
     (
         "callbacks",
         lambda kw: {"callbacks": [1]},
