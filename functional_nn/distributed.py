@@ -255,7 +255,9 @@ def all_true(flag: bool | Tensor, group: dist.ProcessGroup | None = None) -> boo
     """Whether `flag` is true on every rank (an all_reduce MIN): the same answer on all of them.
 
     Use it for every decision that ends or skips a collective (stop on a non-finite loss, early
-    stopping), so that no rank waits for the others in a collective they have left.
+    stopping), so that no rank waits for the others in a collective they have left. The results of
+    all_reduce_grads are the same on every rank already; a flag about a rank's own loss must count
+    a rank with no rows as finite (the mean of nothing is NaN).
 
     Args:
         flag: a bool or a 0-d bool tensor on any device.
