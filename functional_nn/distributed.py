@@ -34,8 +34,10 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from . import _buckets, checkpoint, losses
+from . import _collectives, checkpoint, losses
 from ._checks import leaf_paths
+from ._collectives import collective as _collective
+from ._collectives import small_device as _small_device
 from ._pytree import PyTree, describe, tree_flatten, tree_map, tree_unflatten
 
 REDUCTIONS = ("sum", "mean")
@@ -81,10 +83,10 @@ def broadcast(tree: PyTree, group: dist.ProcessGroup | None = None) -> PyTree:
     leaves, spec = tree_flatten(tree)
     tensors = [t if isinstance(t, Tensor) else None for t in leaves]
     out = list(leaves)
-    for bucket in _buckets.plan(tensors, int(_buckets.DEFAULT_CAP_MB * 2**20)):
-        flat = _buckets.pack([tensors[i] for i in bucket])
+    for bucket in _collectives.plan(tensors, int(_collectives.DEFAULT_CAP_MB * 2**20)):
+        flat = _collectives.pack([tensors[i] for i in bucket])
         _collective("broadcast", group, lambda f=flat: dist.broadcast(f, group=group, group_src=0))
-        views = _buckets.unpack(flat, [tensors[i] for i in bucket])
+        views = _collectives.unpack(flat, [tensors[i] for i in bucket])
         for i, v in zip(bucket, views):  # own storage per leaf: saving one leaf saves only it
             out[i] = v.clone()
     return tree_unflatten(out, spec)
@@ -109,7 +111,7 @@ def check_equal(tree: PyTree, group: dist.ProcessGroup | None = None, name: str 
     leaves = tree_flatten(tree)[0]
     tensors = [t for t in leaves if isinstance(t, Tensor)]
     device = _small_device(group)
-    mine = torch.stack([_checksum(t).to(device) for t in tensors]) if tensors else None
+    mine = torch.stack([_collectives.checksum(t).to(device) for t in tensors]) if tensors else None
     if mine is None:
         return
     everyone = [torch.empty_like(mine) for _ in range(world)]
@@ -203,7 +205,7 @@ def all_reduce_grads(
     n_global: int,
     reduction: str,
     group: dist.ProcessGroup | None = None,
-    bucket_cap_mb: float = _buckets.DEFAULT_CAP_MB,
+    bucket_cap_mb: float = _collectives.DEFAULT_CAP_MB,
 ) -> tuple[Tensor | None, PyTree]:
     """The global batch's loss and gradient from each rank's, one all_reduce per bucket.
 
@@ -236,8 +238,8 @@ def all_reduce_grads(
         tensors.append(loss.detach().reshape(1))
     out = list(tensors)
     pending = []
-    for bucket in _buckets.plan(tensors, int(bucket_cap_mb * 2**20)):
-        flat = _buckets.pack([tensors[i] for i in bucket])
+    for bucket in _collectives.plan(tensors, int(bucket_cap_mb * 2**20)):
+        flat = _collectives.pack([tensors[i] for i in bucket])
         flat.zero_() if n_local == 0 else flat.mul_(weight)  # flat is ours: pack copies
         work = _collective(
             "all_reduce", group, lambda f=flat: dist.all_reduce(f, group=group, async_op=True)
@@ -245,7 +247,7 @@ def all_reduce_grads(
         pending.append((bucket, flat, work))
     for bucket, flat, work in pending:  # every bucket is in flight before the first wait
         _collective("all_reduce", group, work.wait)
-        for i, v in zip(bucket, _buckets.unpack(flat, [tensors[i] for i in bucket])):
+        for i, v in zip(bucket, _collectives.unpack(flat, [tensors[i] for i in bucket])):
             out[i] = v
     global_loss = out.pop().reshape(()) if loss is not None else None
     return global_loss, tree_unflatten(out, spec)
@@ -322,33 +324,3 @@ def _check_same_structure(tree: PyTree, group, what: str, name: str = "tree") ->
                 f"  rank 0: {everyone[0]}\n  rank {r}: {theirs}\n"
                 "Build it the same way on every rank (same model, optimizer and dtype)."
             )
-
-
-def _checksum(t: Tensor) -> Tensor:
-    """(2,) int64: the sum and the position-weighted sum of a tensor's bytes, read as int32 words."""
-    data = t.detach().resolve_conj().resolve_neg().contiguous().reshape(-1).view(torch.uint8)
-    words = data.view(torch.int32) if data.numel() % 4 == 0 else data
-    words = words.to(torch.int64)
-    position = torch.arange(words.numel(), device=words.device) % 8191 + 1
-    return torch.stack([words.sum(), (words * position).sum()])
-
-
-def _small_device(group) -> torch.device:
-    """Where the small tensors of flags and checksums live: nccl moves only CUDA tensors."""
-    if dist.get_backend(group) == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
-
-
-def _collective(what: str, group, run):
-    """run(), with a failure turned into a RuntimeError that says which rank saw it, and why."""
-    try:
-        return run()
-    except RuntimeError as e:  # DistBackendError is one; gloo reports a lost peer as a plain one
-        rank, world = dist.get_rank(group), dist.get_world_size(group)
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise RuntimeError(
-            f"functional_nn.distributed: {what} failed on rank {rank} of {world}: another rank "
-            "has failed or exited (its own traceback says why), or did not reach this collective "
-            f"within the process group's timeout. The backend said: {first}"
-        ) from e

@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 
 import functional_nn as fnn
-from functional_nn import _buckets, data, distributed
+from functional_nn import _collectives, data, distributed
 from functional_nn._pytree import tree_leaves
 from tests.helpers import assert_trees_close
 
@@ -318,12 +318,12 @@ def test_loss_reduction():
 
 def test_buckets_by_kind_and_cap():
     f64, f32 = torch.zeros(4, dtype=torch.float64), torch.zeros(4, dtype=torch.float32)
-    assert _buckets.plan([f64, f32, None, f64, f32], 1 << 20) == [[0, 3], [1, 4]]
-    assert _buckets.plan([f64, f64, f64], 64) == [[0, 1], [2]]  # 32 bytes each, 64 a bucket
-    flat = _buckets.pack([f64.view(2, 2)])
+    assert _collectives.plan([f64, f32, None, f64, f32], 1 << 20) == [[0, 3], [1, 4]]
+    assert _collectives.plan([f64, f64, f64], 64) == [[0, 1], [2]]  # 32 bytes each, 64 a bucket
+    flat = _collectives.pack([f64.view(2, 2)])
     assert flat.data_ptr() != f64.data_ptr()
     assert [
-        t.shape for t in _buckets.unpack(torch.arange(6.0), [torch.zeros(2), torch.zeros(1, 4)])
+        t.shape for t in _collectives.unpack(torch.arange(6.0), [torch.zeros(2), torch.zeros(1, 4)])
     ] == [
         (2,),
         (1, 4),

@@ -1,4 +1,6 @@
-"""Buckets: the tensors of a pytree packed into a few flat buffers, so one collective moves many.
+"""The private half of functional_nn.distributed: buckets, checksums, and collectives that fail clearly.
+
+Buckets: the tensors of a pytree packed into a few flat buffers, so one collective moves many.
 
 A bucket holds tensors of one dtype and one device (a collective moves one buffer of one kind), in
 tree order, up to a size cap: torch's DistributedDataParallel packs gradients the same way, with a
@@ -11,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
 DEFAULT_CAP_MB = 25.0  # DistributedDataParallel's default bucket_cap_mb
@@ -62,3 +65,33 @@ def unpack(flat: Tensor, like: Sequence[Tensor]) -> list[Tensor]:
     """Views of `flat` with the shapes of `like`, the inverse of `pack`."""
     pieces = torch.split(flat, [t.numel() for t in like])
     return [p.view(t.shape) for p, t in zip(pieces, like)]
+
+
+def checksum(t: Tensor) -> Tensor:
+    """(2,) int64: the sum and the position-weighted sum of a tensor's bytes, read as int32 words."""
+    data = t.detach().resolve_conj().resolve_neg().contiguous().reshape(-1).view(torch.uint8)
+    words = data.view(torch.int32) if data.numel() % 4 == 0 else data
+    words = words.to(torch.int64)
+    position = torch.arange(words.numel(), device=words.device) % 8191 + 1
+    return torch.stack([words.sum(), (words * position).sum()])
+
+
+def small_device(group) -> torch.device:
+    """Where the small tensors of flags and checksums live: nccl moves only CUDA tensors."""
+    if dist.get_backend(group) == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def collective(what: str, group, run):
+    """run(), with a failure turned into a RuntimeError that says which rank saw it, and why."""
+    try:
+        return run()
+    except RuntimeError as e:  # DistBackendError is one; gloo reports a lost peer as a plain one
+        rank, world = dist.get_rank(group), dist.get_world_size(group)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise RuntimeError(
+            f"functional_nn.distributed: {what} failed on rank {rank} of {world}: another rank "
+            "has failed or exited (its own traceback says why), or did not reach this collective "
+            f"within the process group's timeout. The backend said: {first}"
+        ) from e
