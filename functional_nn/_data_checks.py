@@ -11,12 +11,19 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-import attrs
 import torch
 from torch import Tensor
 
 from . import losses
-from ._pytree import PyTree, assert_same_structure, describe, tree_index, tree_leaves, tree_map
+from ._pytree import (
+    PyTree,
+    assert_same_structure,
+    describe,
+    leaf_paths,
+    tree_index,
+    tree_leaves,
+    tree_map,
+)
 from .networks import Network
 from .optim.base import GradientTransformation
 
@@ -112,22 +119,6 @@ def check_finite_stacked(stacked: PyTree, k: int) -> None:
     except ValueError:
         for i in range(k):
             check_finite_params(tree_index(stacked, i), f"model {i} of the ensemble: params")
-
-
-def leaf_paths(tree: PyTree, name: str) -> list[str]:
-    """Each leaf's path, in tree_leaves' order, as Python would index it: name[0]['weight'];
-    attrs fields and NamedTuple fields as attributes (name.mu)."""
-    if isinstance(tree, dict):  # torch's pytrees keep a dict's insertion order (jax sorts keys)
-        items = [(f"[{k!r}]", v) for k, v in tree.items()]
-    elif isinstance(tree, tuple) and hasattr(tree, "_fields"):
-        items = [(f".{f}", getattr(tree, f)) for f in tree._fields]
-    elif isinstance(tree, (list, tuple)):
-        items = [(f"[{i}]", t) for i, t in enumerate(tree)]
-    elif attrs.has(type(tree)):
-        items = [(f".{f.name}", getattr(tree, f.name)) for f in attrs.fields(type(tree))]
-    else:
-        return [name] * len(tree_leaves(tree))
-    return [path for key, child in items for path in leaf_paths(child, name + key)]
 
 
 def check_opt_state(opt_state: PyTree, expected: PyTree, device: torch.device) -> None:

@@ -134,3 +134,35 @@ def tree_stack(trees: list[PyTree]) -> PyTree:
 def tree_index(tree: PyTree, i: int) -> PyTree:
     """The i-th tree of a stacked tree: every tensor indexed at i on its leading axis (views)."""
     return tree_map(lambda t: t[i] if isinstance(t, torch.Tensor) else t, tree)
+
+
+def key_paths(tree: PyTree) -> list[tuple[tuple[Any, bool], ...]]:
+    """Each leaf's path of keys, in tree_leaves' order: a tuple of (key, is_field) steps, where
+    is_field marks a NamedTuple or attrs field (an attribute) and every other key indexes (a dict
+    key, a list or tuple position). A node of another registered class ends the path there."""
+    if isinstance(tree, dict):  # torch's pytrees keep a dict's insertion order (jax sorts keys)
+        items = [((k, False), v) for k, v in tree.items()]
+    elif isinstance(tree, tuple) and hasattr(tree, "_fields"):
+        items = [((f, True), getattr(tree, f)) for f in tree._fields]
+    elif isinstance(tree, (list, tuple)):
+        items = [((i, False), t) for i, t in enumerate(tree)]
+    elif attrs.has(type(tree)):
+        items = [((f.name, True), getattr(tree, f.name)) for f in attrs.fields(type(tree))]
+    else:
+        return [()] * len(tree_leaves(tree))
+    return [(step, *path) for step, child in items for path in key_paths(child)]
+
+
+def leaf_paths(tree: PyTree, name: str) -> list[str]:
+    """Each leaf's path as Python would reach it, in tree_leaves' order: name[0]['weight'],
+    fields as attributes (name.mu); for error messages."""
+    return [
+        name + "".join(f".{k}" if field else f"[{k!r}]" for k, field in path)
+        for path in key_paths(tree)
+    ]
+
+
+def dotted_paths(tree: PyTree) -> list[str]:
+    """Each leaf's dotted path, in tree_leaves' order: "0.weight" for tree[0]["weight"], the
+    names torch's named_parameters gives (a from_module dict keeps its keys, "layer1.bias")."""
+    return [".".join(str(k) for k, _ in path) for path in key_paths(tree)]

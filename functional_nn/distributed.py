@@ -35,10 +35,9 @@ import torch.distributed as dist
 from torch import Tensor
 
 from . import _collectives, checkpoint, losses
-from ._checks import leaf_paths
 from ._collectives import collective as _collective
 from ._collectives import small_device as _small_device
-from ._pytree import PyTree, describe, tree_flatten, tree_map, tree_unflatten
+from ._pytree import PyTree, describe, leaf_paths, tree_flatten, tree_map, tree_unflatten
 
 REDUCTIONS = ("sum", "mean")
 # Losses that sum over the rows and take no `reduction` option. Proposed instead (losses.py): the

@@ -12,10 +12,16 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any, NamedTuple
 
-import attrs
 import torch
 
-from .._pytree import PyTree, describe, register_namedtuple, tree_flatten, tree_unflatten
+from .._pytree import (
+    PyTree,
+    describe,
+    dotted_paths,
+    register_namedtuple,
+    tree_flatten,
+    tree_unflatten,
+)
 from .base import EmptyState, GradientTransformation, GradientTransformationExtraArgs
 
 
@@ -46,19 +52,7 @@ def param_names(params: PyTree) -> list[str]:
     Returns:
         One name per leaf; dict keys as given (a from_module dict keeps "layer1.bias").
     """
-    if isinstance(params, dict):  # torch's pytrees keep a dict's insertion order
-        items = list(params.items())
-    elif isinstance(params, tuple) and hasattr(params, "_fields"):
-        items = [(f, getattr(params, f)) for f in params._fields]
-    elif isinstance(params, (list, tuple)):
-        items = list(enumerate(params))
-    elif attrs.has(type(params)):
-        items = [(f.name, getattr(params, f.name)) for f in attrs.fields(type(params))]
-    else:
-        return [""] if isinstance(params, torch.Tensor) else []
-    return [
-        f"{key}.{name}" if name else str(key) for key, child in items for name in param_names(child)
-    ]
+    return dotted_paths(params)
 
 
 def masked(inner: GradientTransformation, mask: PyTree | Callable) -> GradientTransformation:
