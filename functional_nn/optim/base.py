@@ -113,6 +113,14 @@ class LeafwiseUpdate:
         out, state = self.leaves(g, state, params, spec)
         return tree_unflatten(_keep_dtypes(out, g), spec), state
 
+    # A pure function's wrapper: copies are itself, as a function's are (so a copied optimizer
+    # equals the original, and fit's compiled-step cache keyed by it still hits).
+    def __copy__(self):
+        return self
+
+    def __deepcopy__(self, memo):
+        return self
+
 
 def _keep_dtypes(out: list[Tensor], like: list[Tensor]) -> list[Tensor]:
     """`out` in the dtypes of `like`. A 0-d leaf times a 0-d float64 factor (a bias correction,
