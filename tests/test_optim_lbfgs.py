@@ -200,19 +200,12 @@ def test_lbfgs_update_needs_value_fn_and_params():
 
 
 def test_lbfgs_in_fit():
-    """fit passes value and value_fn to a GradientTransformationExtraArgs (skips until it does)."""
+    """fit passes value and value_fn to a GradientTransformationExtraArgs: lbfgs trains in fit."""
     params, loss_fn, _, _ = problem("lsq", torch.float64)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(32, 6, generator=g, dtype=torch.float64)
     y = torch.randn(32, 3, generator=g, dtype=torch.float64)
     net = fnn.mlp([6, 3], activation="identity")
-    try:
-        result = fnn.fit(
-            params, x, y, optim.lbfgs(max_iter=3), model=net, loss=fnn.losses.mse, steps=4
-        )
-    except ValueError as e:
-        if "lbfgs needs value_fn" not in str(e):
-            raise
-        pytest.skip("fit does not pass value_fn to GradientTransformationExtraArgs yet")
+    result = fnn.fit(params, x, y, optim.lbfgs(max_iter=3), model=net, loss=fnn.losses.mse, steps=4)
     theirs, _ = run_torch({"max_iter": 3}, params, loss_fn, steps=4)
     assert_trees_close(result.params, theirs, 1e-10, "fit with lbfgs")
