@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import torch
 
@@ -51,3 +53,15 @@ def _as_numpy(tree):
         ),
         tree,
     )
+
+
+@contextlib.contextmanager
+def default_dtype(dtype):
+    """torch.optim keeps step counts and scalar state (NAdam's momentum product, ASGD's eta and
+    mu) in the default dtype; ours follows it, so both run under `dtype`."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(old)

@@ -215,3 +215,15 @@ OPTIMIZERS = {
         optim.clip_by_global_norm(1.0), optim.clip_by_value(0.5), optim.adam(lr)
     ),
 }
+
+# The aliases that mirror a torch.optim class with the same arguments, and that class.
+TORCH_OPTIMIZERS = {
+    "sgd": torch.optim.SGD,
+    "rmsprop": torch.optim.RMSprop,
+    "adam": torch.optim.Adam,
+    "adamw": torch.optim.AdamW,
+    "adagrad": torch.optim.Adagrad,
+    "adamax": torch.optim.Adamax,
+    "nadam": torch.optim.NAdam,
+    "radam": torch.optim.RAdam,
+}

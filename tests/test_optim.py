@@ -7,7 +7,6 @@ configs, crossed with dtypes and the `device` fixture.
 
 from __future__ import annotations
 
-import contextlib
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,19 +23,9 @@ import oracle.train
 from functional_nn import optim
 from functional_nn._pytree import tree_leaves, tree_structure, tree_unflatten
 from oracle.gradcheck import rel_error
-from tests.helpers import assert_trees_close
-from tests.tables import SHAPES, mlp_tree
+from tests.helpers import assert_trees_close, default_dtype
+from tests.tables import SHAPES, TORCH_OPTIMIZERS, mlp_tree
 
-TORCH = {
-    "sgd": torch.optim.SGD,
-    "rmsprop": torch.optim.RMSprop,
-    "adam": torch.optim.Adam,
-    "adamw": torch.optim.AdamW,
-    "adagrad": torch.optim.Adagrad,
-    "adamax": torch.optim.Adamax,
-    "nadam": torch.optim.NAdam,
-    "radam": torch.optim.RAdam,
-}
 ORACLE = {
     "sgd": oracle.optim.SGD,
     "rmsprop": oracle.optim.RMSprop,
@@ -77,7 +66,7 @@ class Case:
         kwargs = dict(self.kwargs)
         if self.tensor_lr:
             kwargs["lr"] = torch.tensor(kwargs["lr"], dtype=torch.float64, device=device)
-        opt = TORCH[self.name](params, **kwargs, foreach=False)
+        opt = TORCH_OPTIMIZERS[self.name](params, **kwargs, foreach=False)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # SequentialLR's spurious "step order" warning
             scheduler = self.schedule[2](opt) if self.schedule else None
@@ -187,17 +176,6 @@ DTYPES = [torch.float64, torch.float32]
 # Relative error allowed against torch.optim and the oracle: rounding only, in each dtype.
 STREAM_RTOL = {torch.float64: 1e-12, torch.float32: 1e-5}
 STEPS = 200
-
-
-@contextlib.contextmanager
-def default_dtype(dtype):
-    """torch.optim keeps step counts and NAdam's momentum product in the default dtype."""
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(old)
 
 
 def gradient_stream(dtype, seed=0):

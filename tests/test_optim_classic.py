@@ -7,7 +7,6 @@ exposes (ASGD's eta and ax, Rprop's step sizes) against ours, and the hyper-para
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,7 +18,7 @@ import oracle.optim
 from functional_nn import apply_updates, optim
 from functional_nn._pytree import tree_leaves, tree_structure, tree_unflatten
 from oracle.gradcheck import rel_error
-from tests.helpers import assert_trees_close
+from tests.helpers import assert_trees_close, default_dtype
 
 TORCH = {"adadelta": torch.optim.Adadelta, "asgd": torch.optim.ASGD, "rprop": torch.optim.Rprop}
 ORACLE = {"adadelta": oracle.optim.Adadelta, "asgd": oracle.optim.ASGD, "rprop": oracle.optim.Rprop}
@@ -86,17 +85,6 @@ CASES = [
     Case("asgd", dict(lr=0.05, lambd=0.01, t0=20), tensor_lr=True),
     Case("rprop", dict(lr=0.05), tensor_lr=True),
 ]
-
-
-@contextlib.contextmanager
-def default_dtype(dtype):
-    """torch.optim keeps step counts and ASGD's eta and mu in the default dtype."""
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(old)
 
 
 def mlp_tree(leaves):

@@ -9,7 +9,6 @@ run is skipped with its reason, and `test_tally` accounts for every config.
 
 from __future__ import annotations
 
-import contextlib
 import re
 import warnings
 
@@ -18,7 +17,7 @@ import torch
 
 from functional_nn import apply_updates, optim
 from oracle.gradcheck import rel_error
-from tests.helpers import assert_trees_close
+from tests.helpers import assert_trees_close, default_dtype
 
 pytest.importorskip("expecttest", reason="torch's optim_db imports expecttest (the test extra)")
 from torch.testing._internal.common_optimizers import OptimizerErrorEnum, optim_db
@@ -110,17 +109,6 @@ ERRORS = [
     for info in optim_db
     for i, (e, _) in enumerate(hyper_errors(info))
 ]
-
-
-@contextlib.contextmanager
-def default_dtype(dtype):
-    """torch.optim keeps step counts and scalar state in the default dtype; ours follows it."""
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(old)
 
 
 def stream(info, dtype, seed=0):

@@ -13,6 +13,7 @@ import torch
 import functional_nn as fnn
 from functional_nn.optim import GradientTransformationExtraArgs
 from functional_nn.optim._named import shown_as_call
+from tests.tables import TORCH_OPTIMIZERS
 
 
 @pytest.mark.parametrize(
@@ -50,18 +51,6 @@ def test_a_networks_name_is_not_part_of_its_equality():
     assert renamed == net and hash(renamed) == hash(net)
 
 
-ALIASES = {
-    "sgd": torch.optim.SGD,
-    "rmsprop": torch.optim.RMSprop,
-    "adam": torch.optim.Adam,
-    "adamw": torch.optim.AdamW,
-    "adagrad": torch.optim.Adagrad,
-    "adamax": torch.optim.Adamax,
-    "nadam": torch.optim.NAdam,
-    "radam": torch.optim.RAdam,
-}
-
-
 def _call(text: str) -> tuple[str, dict]:
     """The function name and keyword values of a call written as `name(k=v, ...)`."""
     call = ast.parse(text, mode="eval").body
@@ -69,7 +58,7 @@ def _call(text: str) -> tuple[str, dict]:
     return call.func.id, {kw.arg: ast.literal_eval(kw.value) for kw in call.keywords}
 
 
-@pytest.mark.parametrize("name", sorted(ALIASES))
+@pytest.mark.parametrize("name", sorted(TORCH_OPTIMIZERS))
 def test_an_alias_shows_its_name_and_torch_optims_defaults(name):
     opt = getattr(fnn, name)()
     shown_name, values = _call(repr(opt))
@@ -77,7 +66,7 @@ def test_an_alias_shows_its_name_and_torch_optims_defaults(name):
     # every hyper-parameter the alias takes, valued as torch.optim's defaults (the independent
     # source): torch's dict holds more keys (foreach, fused, ...) than the alias takes
     assert list(values) == list(inspect.signature(getattr(fnn, name)).parameters)
-    defaults = ALIASES[name]([torch.zeros(1, requires_grad=True)]).defaults
+    defaults = TORCH_OPTIMIZERS[name]([torch.zeros(1, requires_grad=True)]).defaults
     for key, value in values.items():
         assert value == defaults[key], (name, key, value, defaults[key])
 
