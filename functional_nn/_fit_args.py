@@ -14,11 +14,11 @@ from typing import Any
 import attrs
 from torch import Tensor
 
-from . import _checks, _data_checks, _ensemble_checks
+from . import _checks, _data_checks, _ensemble_checks, _model_state
 from ._pytree import PyTree, tree_index
 from .data import steps_per_epoch
 from .losses import get_loss
-from .networks import Network
+from .networks import Network, eval_view
 
 # The PyTorch tutorial's two-layer network trains 500 full-batch steps; fit without steps or epochs does the same.
 DEFAULT_STEPS = 500
@@ -45,6 +45,9 @@ class FitArgs:
             is nothing to evaluate (no val and no callbacks).
         compile: the torch.compile mode, or None for the eager step.
         lrs: an ensemble's (K,) float64 learning rates on x's device, or None.
+        stateful: whether the model has state or randomness (a Network with init_state); then
+            apply is `apply(params, x, *, state, train, key) -> (y, new_state)`.
+        model_state: the model state to start from (given or fresh), or None.
     """
 
     apply: Callable
@@ -62,6 +65,8 @@ class FitArgs:
     compile: str | None
     opt_state: PyTree | None
     lrs: Tensor | None = None
+    stateful: bool = False
+    model_state: PyTree | None = None
 
     @property
     def end(self) -> int:
@@ -71,6 +76,7 @@ class FitArgs:
 
 def parse_fit(params: PyTree, x: Tensor, y: Tensor, opt: Any, **options: Any) -> FitArgs:
     """fit's checks, all of them (see fit); `options` are fit's keyword arguments."""
+    model, model_state = _stateless_for_checks(options)
     _checks.not_transformed("fit")
     _data_checks.check_data(x, y)
     _data_checks.check_params(params, x, options["model"])
@@ -82,7 +88,7 @@ def parse_fit(params: PyTree, x: Tensor, y: Tensor, opt: Any, **options: Any) ->
         expected = _data_checks.state_shapes(opt.init, params)
         _data_checks.check_opt_state(args.opt_state, expected, x.device)
     _check_outputs(options["model"], args, params, x, y)
-    return args
+    return _with_state(args, model, _model_state.resolve(model, model_state, x))
 
 
 def parse_ensemble(
@@ -94,6 +100,7 @@ def parse_ensemble(
         (the arguments, the params as one stacked tree (the caller's when it was stacked
         already, else a new one), K).
     """
+    given_model, model_state = _stateless_for_checks(options)
     _checks.not_transformed("fit_ensemble")
     _data_checks.check_data(x, y)
     model = options["model"]
@@ -108,7 +115,24 @@ def parse_ensemble(
     args = _options(x, k=k, **options)
     _data_checks.check_val(args.val, first, x, model)
     _check_outputs(model, args, first, x, y)
+    model_state = _model_state.resolve(given_model, model_state, x, k)
+    args = _with_state(args, given_model, model_state)
     return attrs.evolve(args, lrs=lrs), stacked, k
+
+
+def _stateless_for_checks(options: dict) -> tuple[Any, PyTree]:
+    """Pops model_state from options and puts an eval-mode view of a stateful model in their
+    "model", for the shape checks (which call apply(params, x)); returns (model, model_state)."""
+    model, model_state = options["model"], options.pop("model_state")
+    if isinstance(model, Network):
+        options["model"] = eval_view(model)
+    return model, model_state
+
+
+def _with_state(args: FitArgs, model: Any, model_state: PyTree) -> FitArgs:
+    if not (isinstance(model, Network) and model.stateful):
+        return args
+    return attrs.evolve(args, apply=model.apply, stateful=True, model_state=model_state)
 
 
 def _options(

@@ -5,10 +5,9 @@
 shapes and (with init="torch") torch.nn's draws. A small CNN without torch.nn:
 `serial(conv2d(1, 8, 3, padding=1), "relu", max_pool2d(2), flatten(), dense(8 * 14 * 14, 10))`.
 
-What the Network contract (`apply(params, x) -> y`) cannot carry yet: running statistics and
-random keys. So `batch_norm` here normalises with batch statistics in every call (torch's
-`track_running_stats=False`), and dropout has no block; the pure `norm.batch_norm` (state in,
-state out) and `dropout.dropout` (a key) are ready for a Network that threads state and keys.
+`batch_norm` and `dropout` are stateful Networks (see `networks.py`): their apply is
+`apply(params, x, *, state, train, key) -> (y, new_state)`, batch_norm's state its running
+statistics (`norm.batch_norm_state`), dropout's `{}` and a key; `serial` threads both.
 """
 
 from __future__ import annotations
@@ -18,6 +17,7 @@ from typing import Any
 
 import torch
 
+from . import dropout as _dropout
 from . import layers, norm
 from ._pytree import tree_map
 from .init import as_generator, get_scheme
@@ -160,13 +160,57 @@ def layer_norm(normalized_shape: int | tuple[int, ...], eps: float = 1e-5, affin
     )
 
 
-def batch_norm(num_features: int, eps: float = 1e-5, affine: bool = True) -> Network:
-    """Batch normalisation with batch statistics only, as torch.nn.BatchNorm1d/2d with
-    `track_running_stats=False` (in train and eval alike): running statistics need a Network
-    that threads state, which this contract does not yet have (see the module docstring)."""
+def batch_norm(
+    num_features: int,
+    eps: float = 1e-5,
+    momentum: float | None = 0.1,
+    affine: bool = True,
+    track_running_stats: bool = True,
+) -> Network:
+    """Batch normalisation as a stateful Network, as torch.nn.BatchNorm1d/2d: batch statistics
+    in training, which move the running statistics (see `norm.batch_norm`); the running
+    statistics in eval. With track_running_stats=False, batch statistics in both and state None.
+
+    Returns:
+        A Network with params `{"weight": (C,), "bias": (C,)}` (`{}` without affine) and state
+        `{"running_mean": (C,), "running_var": (C,), "num_batches_tracked": ()}`.
+    """
     init_fn, check = _affine((num_features,), affine)
+
+    def init_state(*, dtype: torch.dtype | None = None, device: Any = None):
+        return norm.batch_norm_state(num_features, dtype, device) if track_running_stats else None
+
+    def apply(params, x, *, state, train: bool, key=None):
+        return norm.batch_norm(params, state, x, train=train, momentum=momentum, eps=eps)
+
+    name = f"batch_norm: {num_features}"
+    return Network(init=init_fn, apply=apply, check=check, name=name, init_state=init_state)
+
+
+def dropout(p: float = 0.5) -> Network:
+    """Inverted dropout as a stateful Network with no params and no state, as torch.nn.Dropout:
+    in training, `dropout.dropout(x, p, key=key)`, so it needs the key apply is given; in eval, x.
+
+    Returns:
+        A Network with params `{}` and state `{}`.
+    """
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
+        raise ValueError(f"dropout: p must be a number in [0, 1], got {p!r}.")
+
+    def apply(params, x, *, state, train: bool, key=None):
+        if not train:
+            return x, state
+        if key is None:
+            raise ValueError(
+                "dropout in training needs a key: pass key=dropout.key(seed) (fit passes one "
+                "per step), or train=False."
+            )
+        return _dropout.dropout(x, p, key=key, train=True), state
+
     return Network(
-        init=init_fn,
-        apply=lambda p, x: norm.batch_norm(p, None, x, train=True, eps=eps)[0],
-        check=check,
+        init=_empty,
+        apply=apply,
+        check=_no_params("dropout"),
+        name=f"dropout: p={p}",
+        init_state=_empty,
     )

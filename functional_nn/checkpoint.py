@@ -17,7 +17,9 @@ that loads must import that module first, so the class is registered there too.
 Integrity: the file (format version 2) stores a blake2b checksum of every tensor (its dtype, shape
 and, for dense tensors, bytes); `load` verifies them, so a flipped bit is a ValueError, not a
 silently different weight (torch's zip reader checks no CRCs). Version 1 files (no checksums) still
-load, unverified. `save` pays for this with one more read and hash of what it wrote.
+load, unverified. A save with a model state (batch-norm running statistics, FitResult.model_state)
+writes format version 3, which adds it; one without still writes version 2, so older readers read
+it, and refuse a version 3 file with a message naming the version rather than misread it. `save` pays for this with one more read and hash of what it wrote.
 
 Durability (POSIX): the temporary file is fsynced before the rename and the directory after it. A
 save killed mid-write (SIGKILL, power loss) leaves its temporary file,
@@ -25,9 +27,10 @@ save killed mid-write (SIGKILL, power loss) leaves its temporary file,
 host is this one and whose process is gone, and no other file (not a concurrent save's temp).
 
 To resume a fit bitwise, save its result's step count with it and pass it back as start_step:
-    save(path, r.params, r.opt_state, steps=r.steps)
+    save(path, r.params, r.opt_state, model_state=r.model_state, steps=r.steps)
     c = load(path)
-    fit(c.params, x, y, opt, model=net, opt_state=c.opt_state, start_step=c.meta["steps"], ...)
+    fit(c.params, x, y, opt, model=net, opt_state=c.opt_state, model_state=c.model_state,
+        start_step=c.meta["steps"], ...)
 """
 
 from __future__ import annotations
@@ -51,7 +54,8 @@ from ._pytree import PyTree, register_attrs, register_namedtuple
 
 FORMAT = "functional_nn.checkpoint"
 VERSION = 2  # 2: per-tensor checksums
-READS = (1, 2)  # version 1 files load without a checksum check
+VERSION_WITH_STATE = 3  # 3: and a model state; written only when there is one
+READS = (1, 2, 3)  # version 1 files load without a checksum check
 _TEMP_SUFFIX = ".fnn-tmp"
 _TEMP = re.compile(r"\.(?P<target>.+)\.(?P<host>\w+)-(?P<pid>\d+)\.\w+" + re.escape(_TEMP_SUFFIX))
 # What pickling raises for an object it cannot write (a lambda, a local class, a lock).
@@ -68,11 +72,13 @@ class Checkpoint:
         params: the params pytree, as saved.
         opt_state: the optimizer state, as saved (None when none was saved).
         meta: the keyword arguments given to save, e.g. {"steps": 120, "seed": 0}.
+        model_state: the model state, as saved (None when none was saved).
     """
 
     params: PyTree
     opt_state: PyTree
     meta: dict[str, Any]
+    model_state: PyTree = None
 
 
 def register(cls: type) -> type:
@@ -109,7 +115,14 @@ def register(cls: type) -> type:
     )
 
 
-def save(path: str | os.PathLike, params: PyTree, opt_state: PyTree = None, **meta: Any) -> None:
+def save(
+    path: str | os.PathLike,
+    params: PyTree,
+    opt_state: PyTree = None,
+    *,
+    model_state: PyTree = None,
+    **meta: Any,
+) -> None:
     """Write params, opt_state and meta to `path`, atomically, or refuse and leave `path` as it was.
 
     The file is written under a temporary name, read back with `load`'s own code (so what load
@@ -120,6 +133,7 @@ def save(path: str | os.PathLike, params: PyTree, opt_state: PyTree = None, **me
         path: the file to write; its directory must exist. An existing file is replaced.
         params, opt_state: pytrees of tensors (tensors keep their dtype and device), of dicts, lists,
             tuples and NamedTuple or attrs classes registered with `register`.
+        model_state: a stateful network's state (FitResult.model_state), or None.
         meta: plain values (numbers, strings, bools, None, and lists, tuples and dicts of them).
     Raises:
         TypeError: something `load` could not read back (the message names its path).
@@ -130,7 +144,10 @@ def save(path: str | os.PathLike, params: PyTree, opt_state: PyTree = None, **me
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"save: the directory of {path!r} does not exist; create it first.")
     body = {"params": params, "opt_state": opt_state, "meta": meta}
-    payload = {"format": FORMAT, "version": VERSION, **body, "checksums": _checksums(body)}
+    version = VERSION
+    if model_state is not None:
+        body, version = {**body, "model_state": model_state}, VERSION_WITH_STATE
+    payload = {"format": FORMAT, "version": version, **body, "checksums": _checksums(body)}
     _remove_stale_temps(directory)
     prefix = f".{os.path.basename(path)}.{_host()}-{os.getpid()}."
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=prefix, suffix=_TEMP_SUFFIX)
@@ -160,7 +177,7 @@ def load(path: str | os.PathLike, map_location: Any = None) -> Checkpoint:
         path: the file to read.
         map_location: as torch.load's, e.g. "cpu" to load a CUDA checkpoint without a GPU.
     Returns:
-        A Checkpoint (params, opt_state, meta).
+        A Checkpoint (params, opt_state, meta, model_state).
     Raises:
         FileNotFoundError: no file at path.
         ValueError: the file is truncated or corrupt, fails its checksum, is not a functional_nn
@@ -170,7 +187,8 @@ def load(path: str | os.PathLike, map_location: Any = None) -> Checkpoint:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no checkpoint file at {path!r}; check the path.")
     payload = _read(path, map_location)
-    return Checkpoint(payload["params"], payload["opt_state"], payload["meta"])
+    state = payload.get("model_state")
+    return Checkpoint(payload["params"], payload["opt_state"], payload["meta"], state)
 
 
 class _Refused(ValueError):
@@ -254,7 +272,8 @@ def _checksums(body: dict) -> list[str]:
 
 
 def _verify(path: str, payload: dict) -> None:
-    tensors = _tensors({k: payload[k] for k in ("params", "opt_state", "meta")})
+    keys = ("params", "opt_state", "meta") + (("model_state",) if payload["version"] >= 3 else ())
+    tensors = _tensors({k: payload[k] for k in keys})
     sums = payload.get("checksums")
     if not isinstance(sums, list) or len(sums) != len(tensors):
         raise ValueError(

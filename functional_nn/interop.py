@@ -7,14 +7,18 @@
   `nn.Sequential(nn.Linear, activation, nn.Linear, ...)`, and back.
 
 Buffers (batch-norm running statistics, ...) are not params: nothing differentiates or optimizes
-them. `from_module` copies them once and closes over the copy, as the torch.func recipes pass
-buffers beside params to `functional_call`; each call of `apply` hands the module fresh copies on
-x's device (floating ones in x's dtype), so a module in training mode cannot carry an in-place
-buffer update from one call into the next.
+them. A module with buffers or with random submodules (dropout) becomes a stateful Network (see
+networks.py): its buffers are the model state, `apply(params, x, *, state, train, key) ->
+(y, new_state)` runs `torch.func.functional_call` on clones of the state's tensors (so the
+module's in-place updates, e.g. BatchNorm's running statistics in train mode, land on tensors that
+only the new state holds: neither the caller's module nor the state passed in ever changes), and
+train/eval is that argument: apply runs a private copy of the module set to that mode, so the
+module's own `.training` flag is neither read nor changed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import re
 from typing import Any
@@ -23,16 +27,22 @@ import torch
 from torch import Tensor, nn
 
 from .init import as_generator
-from .networks import Network, _meta_apply
+from .networks import Network, _meta_apply, eval_view
 
 
 def from_module(module: nn.Module) -> tuple[Network, dict[str, Tensor]]:
     """A Network that runs `module` functionally, and a copy of its params.
 
-    `apply(params, x)` is `torch.func.functional_call(module, (params, buffers), (x,))`: the
-    module's code with these params, whatever its own hold now. Its mode (`module.train()` /
-    `module.eval()`) at call time still decides what dropout or batch-norm do, so call
-    `module.eval()` first for a deterministic apply, and before `vmap` over a batch-norm.
+    Without buffers or random submodules, `apply(params, x)` is
+    `torch.func.functional_call(module, params, (x,))`: the module's code with these params. With
+    them, the network is stateful (see the module docstring): `init_state(dtype=, device=)`
+    gives copies of the buffers (floating ones in dtype), and in `apply(params, x, *, state,
+    train, key)` torch's random ops draw from an RNG scoped to the call (`torch.random.fork_rng`)
+    and seeded from `key`, so the same key gives the same dropout mask and torch's global RNG is
+    left as it was. That works eagerly (fit). The seed is read from the key with a host sync,
+    which vmap and torch.compile cannot do: there (fit_ensemble, fit(compile=...)) no fork
+    happens, so a random op raises under vmap (its randomness="error") and draws from torch's
+    own RNG when compiled; use `blocks.dropout`, whose keyed masks work everywhere.
     `init(seed)` draws fresh params by calling each submodule's `reset_parameters()` on a CPU
     copy, in the module's dtype, with torch's CPU generator seeded from `seed`: seed s gives what
     building the module after `torch.manual_seed(s)` gives.
@@ -48,15 +58,7 @@ def from_module(module: nn.Module) -> tuple[Network, dict[str, Tensor]]:
     params = {name: p.detach().clone() for name, p in module.named_parameters()}
     buffers = {name: b.detach().clone() for name, b in module.named_buffers()}
     shapes = {name: tuple(p.shape) for name, p in params.items()}
-
-    def apply(params, x):
-        fresh = {
-            name: b.to(
-                device=x.device, dtype=x.dtype if b.is_floating_point() else b.dtype, copy=True
-            )
-            for name, b in buffers.items()
-        }
-        return torch.func.functional_call(module, (params, fresh), (x,))
+    random = any(isinstance(m, _RANDOM) for m in module.modules())
 
     def init(seed_or_generator, *, dtype: torch.dtype | None = None, device: Any = None):
         drawn = _reset_copy(module, seed_or_generator).named_parameters()
@@ -65,25 +67,74 @@ def from_module(module: nn.Module) -> tuple[Network, dict[str, Tensor]]:
     def check(params, x):
         _check_params(params, shapes, type(module).__name__)
         try:
-            _meta_apply(apply, params, x)
+            _meta_apply(eval_view(net).apply, params, x)
         except ValueError as error:
             raise ValueError(f"{type(module).__name__}: {error}") from None
 
     name = f"from_module: {type(module).__name__}"
-    return Network(init=init, apply=apply, check=check, name=name), params
+    if not buffers and not random:
+        apply = lambda params, x: torch.func.functional_call(module, params, (x,))
+        net = Network(init=init, apply=apply, check=check, name=name)
+        return net, params
+    modes = {mode: copy.deepcopy(module).train(mode) for mode in (True, False)}
+
+    def init_state(*, dtype: torch.dtype | None = None, device: Any = None):
+        return {name: _like(b, dtype, device) for name, b in buffers.items()}
+
+    def apply(params, x, *, state, train: bool, key=None):
+        fresh = {name: t.clone() for name, t in state.items()}  # the module updates these in place
+        with _scoped_rng(key, x.device):
+            y = torch.func.functional_call(modes[bool(train)], (params, fresh), (x,))
+        return y, fresh
+
+    net = Network(init=init, apply=apply, check=check, name=name, init_state=init_state)
+    return net, params
 
 
-def to_module(module: nn.Module, params: dict[str, Tensor]) -> nn.Module:
-    """Copy `params` into `module`'s parameters in place (keeping the Parameter objects, so a
-    torch.optim optimizer built on them still holds them), as `load_state_dict` does, but
-    atomically: every value is checked and converted to its parameter's device and dtype before
-    any is copied, so on an error the module is unchanged.
+# torch.nn's modules that draw random numbers in training.
+_RANDOM = (nn.modules.dropout._DropoutNd, nn.RReLU)
+
+
+def _like(buffer: Tensor, dtype: torch.dtype | None, device: Any) -> Tensor:
+    """A copy of a buffer on device, floating ones in dtype (integer counts keep theirs)."""
+    dtype = dtype if dtype is not None and buffer.is_floating_point() else buffer.dtype
+    return buffer.to(device=device, dtype=dtype, copy=True)
+
+
+@contextlib.contextmanager
+def _scoped_rng(key: Tensor | None, device: torch.device):
+    """torch's RNG forked for the call and seeded from key: eager only (see from_module)."""
+    seed = None
+    if key is not None and not torch.compiler.is_compiling():
+        try:
+            seed = int(key) % (1 << 63)  # manual_seed takes a non-negative int64
+        except RuntimeError:  # a batched key (vmap) has no single value to read
+            seed = None
+    if seed is None:
+        yield
+        return
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        yield
+
+
+def to_module(
+    module: nn.Module, params: dict[str, Tensor], model_state: dict[str, Tensor] | None = None
+) -> nn.Module:
+    """Copy `params` (and `model_state`, into the buffers) into `module` in place (keeping the
+    Parameter objects, so a torch.optim optimizer built on them still holds them), as
+    `load_state_dict` does, but atomically: every value is checked and converted to its
+    parameter's (buffer's) device and dtype before any is copied, so on an error the module is
+    unchanged.
 
     Args:
         module: the module to load into.
         params: `{name: tensor}` with exactly the names and shapes of `module.named_parameters()`,
             real floating tensors on any device, e.g. from `from_module`, a fit, or
             `mlp_to_state_dict`.
+        model_state: None to leave the buffers, or `{name: tensor}` with exactly the names and
+            shapes of `module.named_buffers()`, e.g. a fit's `model_state` of a from_module
+            network.
     Returns:
         module itself.
     Raises:
@@ -95,18 +146,28 @@ def to_module(module: nn.Module, params: dict[str, Tensor]) -> nn.Module:
     named = dict(module.named_parameters())
     owner = type(module).__name__
     _check_params(params, {name: tuple(p.shape) for name, p in named.items()}, owner)
+    buffers = dict(module.named_buffers()) if model_state is not None else {}
+    if model_state is not None:
+        _check_params(
+            model_state, {n: tuple(b.shape) for n, b in buffers.items()}, f"{owner} buffers"
+        )
     # Convert every value before copying any: a value that cannot be loaded raises here, with the
     # module still whole (load_state_dict would leave it half overwritten).
     with torch.no_grad():
         staged = {name: _convert(params[name], p, name, owner) for name, p in named.items()}
+        staged_buffers = {
+            name: _convert(model_state[name], b, name, owner) for name, b in buffers.items()
+        }
         for name, p in named.items():
             p.copy_(staged[name])
+        for name, b in buffers.items():
+            b.copy_(staged_buffers[name])
     return module
 
 
 def _convert(value: Tensor, parameter: Tensor, name: str, owner: str) -> Tensor:
     """value on parameter's device and in its dtype (value itself when they already agree)."""
-    if not value.is_floating_point():
+    if parameter.is_floating_point() and not value.is_floating_point():
         raise TypeError(
             f"{owner} parameter {name!r} must be loaded from a floating tensor (real, not complex), "
             f"got dtype {value.dtype}; convert it, e.g. params[{name!r}].to({parameter.dtype})."

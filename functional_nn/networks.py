@@ -3,6 +3,27 @@
 `mlp` and `dense` build networks of linear layers; `serial` chains networks and activations into
 one; `interop.from_module` wraps any `torch.nn.Module`. Every network also carries a `check` that
 rejects params or inputs that do not fit it, naming the layer and both shapes.
+
+Model state and randomness (DESIGN, "Model state and randomness"), after haiku's
+transform_with_state. A plain network is `apply(params, x) -> y`, and most networks stay exactly
+that. A network with state (batch-norm running statistics) or randomness (dropout) says so by
+having an `init_state`, and then its apply takes both, and the mode, explicitly:
+    apply(params, x, *, state, train: bool, key) -> (y, new_state)
+`init_state(dtype=None, device=None) -> state` makes the fresh state (a pytree; `{}` for a layer
+with randomness and no state). In training, apply returns the new state (it never mutates the one
+given); in eval (`train=False`) it uses the state and returns it unchanged, and dropout is off.
+`key` is a key from `dropout.key`/`fold_in` (None is fine in eval); a trainer derives one per step
+as `fold_in(key(seed), step)` (fit does; fit_ensemble folds in the model index too). `serial`
+is stateful when any of its layers is: its state is a list with one entry per layer (`{}` for a
+stateless one), and layer i gets the key `fold_in(key, i)`, so no two layers share a mask.
+
+Why keys and not a `torch.Generator` or torch's global RNG: a key is a 0-d int64 tensor, data like
+any other input, and a draw is a pure, counter-based function of it (`dropout.py`). So the same
+(seed, step) gives bitwise the same mask whatever ran before, on any device; a step stays a pure
+function that `torch.func.grad` differentiates, `vmap` batches (K models, K keys, K independent
+masks: a generator is one mutable object that vmap cannot split) and `torch.compile` traces (no
+host sync, no side effect on a global). A resumed fit continues bitwise, because the key of step t
+depends on t alone, not on how many draws came before.
 """
 
 from __future__ import annotations
@@ -17,6 +38,7 @@ import torch
 from torch import Tensor
 
 from ._pytree import PyTree, tree_map
+from .dropout import fold_in
 from .init import as_generator, get_scheme
 from .layers import Activation, get_activation, linear
 
@@ -35,15 +57,24 @@ class Network:
         check: `check(params, x) -> None`; raises ValueError, naming the layer and both shapes,
             when params or x do not fit the network. `fit` calls it once, before any work.
         name: what `repr` shows, e.g. "mlp: 1000 -> 100 -> 10, relu"; not part of equality.
+        init_state: None for a plain network; for one with state or randomness,
+            `init_state(*, dtype=None, device=None) -> state`, and then apply is
+            `apply(params, x, *, state, train, key) -> (y, new_state)` (see the module docstring).
     """
 
     init: Callable[..., PyTree]
-    apply: Callable[[PyTree, Tensor], Tensor]
+    apply: Callable[..., Any]
     check: Callable[[PyTree, Tensor], None] = _no_check
     name: str = attrs.field(default="", kw_only=True, eq=False)
+    init_state: Callable[..., PyTree] | None = attrs.field(default=None, kw_only=True)
 
-    def __call__(self, params: PyTree, x: Tensor) -> Tensor:
-        return self.apply(params, x)
+    @property
+    def stateful(self) -> bool:
+        """Whether apply takes state, train and key and returns (y, new_state)."""
+        return self.init_state is not None
+
+    def __call__(self, params: PyTree, x: Tensor, **kwargs: Any) -> Any:
+        return self.apply(params, x, **kwargs)
 
     def __repr__(self) -> str:
         return f"Network({_label(self)})"
@@ -141,11 +172,15 @@ def serial(*layers: Network | tuple | str | Activation) -> Network:
             Tensor -> Tensor), which has no params.
     Returns:
         A Network whose params are a list with one entry per layer; `{}` for an activation.
-        `init` draws the layers' params in order from one generator.
+        `init` draws the layers' params in order from one generator. When a layer is stateful
+        (batch_norm, dropout), so is the result: its state is a list with one entry per layer
+        (`{}` for a stateless one) and layer i draws from `fold_in(key, i)`.
     """
     if not layers:
         raise ValueError("serial needs at least one layer, got none.")
     nets = [_as_network(layer, i) for i, layer in enumerate(layers)]
+    if any(net.stateful for net in nets):
+        return _stateful_serial(nets)
 
     def init_fn(seed_or_generator, *, dtype: torch.dtype | None = None, device: Any = None):
         generator = as_generator(seed_or_generator)
@@ -170,6 +205,47 @@ def serial(*layers: Network | tuple | str | Activation) -> Network:
     # a layer's name holding a comma is parenthesised, so the list's commas stay unambiguous
     names = [f"({_label(n)})" if "," in _label(n) else _label(n) for n in nets]
     return Network(init=init_fn, apply=apply, check=check, name=f"serial: [{', '.join(names)}]")
+
+
+def _stateful_serial(nets: list[Network]) -> Network:
+    """serial over layers some of which are stateful: state and keys threaded layer by layer."""
+    plain = serial(*[eval_view(net) for net in nets])  # init, check and name of the chain
+
+    def init_state(*, dtype: torch.dtype | None = None, device: Any = None):
+        return [net.init_state(dtype=dtype, device=device) if net.stateful else {} for net in nets]
+
+    def apply(params, x, *, state, train: bool, key=None):
+        _check_list(state, len(nets), "states, one per serial layer (from init_state)")
+        new_state = []
+        for i, (net, p, s) in enumerate(zip(nets, params, state)):
+            if not net.stateful:
+                x = net.apply(p, x)
+                new_state.append(s)
+                continue
+            x, s = net.apply(p, x, state=s, train=train, key=_fold(key, i))
+            new_state.append(s)
+        return x, new_state
+
+    return Network(
+        init=plain.init, apply=apply, check=plain.check, name=plain.name, init_state=init_state
+    )
+
+
+def _fold(key: Tensor | None, i: int) -> Tensor | None:
+    return None if key is None else fold_in(key, i)
+
+
+def eval_view(net: Network) -> Network:
+    """A stateful network as a plain one, in eval mode with its fresh state: for shape checks
+    (fit's checks run it on meta tensors); a plain network is returned as it is."""
+    if not net.stateful:
+        return net
+
+    def apply(params, x):
+        state = net.init_state(dtype=x.dtype, device=x.device)
+        return net.apply(params, x, state=state, train=False, key=None)[0]
+
+    return Network(init=net.init, apply=apply, check=net.check, name=net.name)
 
 
 def eval_shape(

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 import attrs
 from torch import Tensor
 
-from . import _data_checks, _fit_args
+from . import _data_checks, _fit_args, _model_state
 from ._fit_args import COMPILE_MODES, DEFAULT_COMPILE_MODES, DEFAULT_STEPS
 from ._loop import CHECK_EVERY, run
 from ._pytree import PyTree, tree_index, tree_stack
@@ -71,6 +71,9 @@ class FitResult:
             (on_nonfinite="stop" met a non-finite loss, gradient or updated param).
         nonfinite_step: the first step whose loss, gradients or updated params were not finite,
             or None.
+        model_state: a stateful network's state after the last step (e.g. batch-norm running
+            statistics; stacked for an ensemble); pass it back as model_state to go on. None
+            for a network without state.
     """
 
     params: PyTree
@@ -83,6 +86,7 @@ class FitResult:
     compile_time: float = 0.0
     stop_reason: str = "done"
     nonfinite_step: int | None = None
+    model_state: PyTree = None
 
 
 def fit(
@@ -106,6 +110,7 @@ def fit(
     eval_every: int | None = None,
     on_nonfinite: str = "raise",
     compile: bool | str = False,
+    model_state: PyTree | None = None,
 ) -> FitResult:
     """Train `params` on `loss(model(params, xb), yb)` with `opt`, full batch or in minibatches.
 
@@ -179,9 +184,12 @@ def fit(
         step = timing_first_call(step, first_call)
     else:
         step = make_step(args.apply, args.loss, opt)
+    if args.stateful:  # the model state and keys ride with opt_state (see _model_state.py)
+        state, step, evaluate = _stateful_parts(args, opt, state, x, first_call)
     for hook in args.callbacks:
         getattr(hook, "on_fit_start", lambda: None)()
     fields = run(step, evaluate, params, state, data, args)
+    fields = _model_state.split(fields) if args.stateful else fields
     result = FitResult(**fields, compile_time=sum(first_call))
     for hook in args.callbacks:
         result = getattr(hook, "on_fit_end", lambda r: r)(result)
@@ -209,6 +217,7 @@ def fit_ensemble(
     eval_every: int | None = None,
     on_nonfinite: str = "raise",
     compile: bool | str = False,
+    model_state: PyTree | None = None,
 ) -> FitResult:
     """Train K models at once with torch.func.vmap: K fits in lockstep, in one loop.
 
@@ -234,6 +243,10 @@ def fit_ensemble(
             the others.
         compile: as fit's, for the vmapped step, but True means torch.compile's "default" mode;
             the compiled step is cached and reused as fit's is (the lrs are an input to it).
+        model_state: as fit's, stacked (a leading axis of K, as this function returns it);
+            None for K copies of `model.init_state()`. Model k's key is
+            `fold_in(key(seed), k)` for an int seed, `key(seed[k])` for K seeds (as fit with
+            seed=seed[k]), folded with the step as in fit.
         There are no callbacks: a callback watches one model's loss.
     Returns:
         A FitResult with stacked params and opt_state, (n, K) losses and (m, K) val_losses.
@@ -256,8 +269,41 @@ def fit_ensemble(
         vmapped = vmapped_step(*key)
     step = lambda p, s, xb, yb: vmapped(p, s, xb, yb, lrs)
     evaluate = None if args.val is None else vmapped_eval(args.apply, args.loss, args.val)
+    if args.stateful:  # the model state and keys ride with opt_state (see _model_state.py)
+        state, step, evaluate = _stateful_parts(args, opt, state, x, first_call, key, k)
     seed = args.seed
     data_seed = list(seed) if per_model_data else seed if isinstance(seed, int) else seed[0]
     data = batches(x, y, args.batch_size, args.shuffle, data_seed, args.start_step)
     fields = run(step, evaluate, stacked, state, data, args)
+    fields = _model_state.split(fields) if args.stateful else fields
     return FitResult(**fields, compile_time=sum(first_call))
+
+
+def _stateful_parts(args, opt, state, x, first_call, vmap_key=None, k=None):
+    """The carried state, step and evaluate of a stateful network (see _model_state.py)."""
+    ms = _model_state
+    carried = ms.carry(
+        state, args.model_state, ms.base_keys(args.seed, x.device, k), args.start_step
+    )
+    if k is None:
+        step = (
+            timing_first_call(
+                ms.compiled_stateful_step(args.apply, args.loss, opt, args.compile), first_call
+            )
+            if args.compile
+            else ms.make_stateful_step(args.apply, args.loss, opt)
+        )
+    else:
+        vmapped = (
+            timing_first_call(
+                ms.compiled_vmapped_stateful_step(*vmap_key, args.compile), first_call
+            )
+            if args.compile
+            else ms.vmapped_stateful_step(*vmap_key)
+        )
+        step = lambda p, s, xb, yb: vmapped(p, s, xb, yb, args.lrs)
+    step, latest = ms.tracking(step, carried)
+    evaluate = None
+    if args.val is not None:
+        evaluate = ms.evaluator(args.apply, args.loss, args.val, latest, ensemble=k is not None)
+    return carried, step, evaluate

@@ -35,8 +35,10 @@ def test_embedding_and_norm_blocks_are_torch_nn_modules():
     assert torch.equal(emb["weight"], module.weight.detach())
     x = torch.randn(4, 3, 5, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     bn = torch.nn.BatchNorm2d(3, track_running_stats=False).double().eval()
-    net = blocks.batch_norm(3)
-    assert_trees_close(net(net.init(0, dtype=torch.float64), x), bn(x), rtol=1e-14)
+    net = blocks.batch_norm(3, track_running_stats=False)
+    y, state = net(net.init(0, dtype=torch.float64), x, state=None, train=False)
+    assert state is None
+    assert_trees_close(y, bn(x), rtol=1e-14)
     ln = blocks.layer_norm((5, 5))
     ref = torch.nn.LayerNorm((5, 5)).double()
     assert_trees_close(ln(ln.init(0, dtype=torch.float64), x), ref(x), rtol=1e-14)

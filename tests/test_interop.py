@@ -54,6 +54,13 @@ MODELS = [
 ]
 
 
+def _eval(net, params, x):
+    """net's output in eval mode: a stateful network (buffers, dropout) takes its state and mode."""
+    if not net.stateful:
+        return net(params, x)
+    return net(params, x, state=net.init_state(device=x.device), train=False)[0]
+
+
 def _data(device):
     rng = np.random.default_rng(0)
     return torch.tensor(rng.standard_normal((6, 3)), device=device), torch.tensor(
@@ -73,8 +80,8 @@ def test_from_module_round_trips_outputs_and_gradients(make, device):
     x, y = _data(device)
     net, params = fnn.from_module(module)
     assert list(params) == [name for name, _ in module.named_parameters()]
-    grads = torch.func.grad(lambda p: fnn.mse(net(p, x), y))(params)
-    assert torch.equal(net(params, x), module(x))
+    grads = torch.func.grad(lambda p: fnn.mse(_eval(net, p, x), y))(params)
+    assert torch.equal(_eval(net, params, x), module(x))
     assert_trees_close(grads, _autograd_grads(module, x, y), rtol=0.0, name="grads vs autograd")
     net.check(params, x)
 
@@ -88,8 +95,8 @@ def test_to_module_loads_params_back_in_place(make, device):
     before = {name: id(p) for name, p in module.named_parameters()}
     assert fnn.to_module(module, moved) is module
     assert before == {name: id(p) for name, p in module.named_parameters()}
-    assert torch.equal(module(x), net(moved, x))
-    assert not torch.equal(module(x), net(params, x))
+    assert torch.equal(module(x), _eval(net, moved, x))
+    assert not torch.equal(module(x), _eval(net, params, x))
 
 
 def test_from_module_copies_params_and_buffers(device):
@@ -100,7 +107,7 @@ def test_from_module_copies_params_and_buffers(device):
     with torch.no_grad():
         for t in [*module.parameters(), *module.buffers()]:
             t.add_(1) if t.is_floating_point() else None
-    assert torch.equal(net(params, x), expected)
+    assert torch.equal(_eval(net, params, x), expected)
 
 
 def test_apply_is_pure_for_a_module_in_training_mode(device):
@@ -109,8 +116,12 @@ def test_apply_is_pure_for_a_module_in_training_mode(device):
     reference = copy.deepcopy(module)
     x, _ = _data(device)
     net, params = fnn.from_module(module)
-    first, second = net(params, x), net(params, x)
+    state = net.init_state(device=device)
+    (first, s1), (second, s2) = [net(params, x, state=state, train=True) for _ in range(2)]
     assert torch.equal(first, second) and torch.equal(first, reference(x))
+    assert_trees_close(s1, dict(reference.named_buffers()), rtol=0.0, name="new state")
+    assert_trees_close(s2, s1, rtol=0.0, name="the second call's state")
+    assert_trees_close(state, net.init_state(device=device), rtol=0.0, name="state given")
     assert_trees_close(
         dict(module.named_buffers()),
         dict(_build(_with_running_stats, device=device).train().named_buffers()),
