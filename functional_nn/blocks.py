@@ -90,7 +90,11 @@ def conv2d(
                 f"x has shape {tuple(x.shape)}, but conv2d expects (N, {in_channels}, H, W)."
             )
 
-    return Network(init=init_fn, apply=functools.partial(layers.conv2d, **options), check=check)
+    defaults = {"stride": 1, "padding": 0, "dilation": 1, "groups": 1}
+    shown = "".join(f", {k}={v}" for k, v in options.items() if v != defaults[k])
+    name = f"conv2d: {in_channels} -> {out_channels}, {kh}x{kw}{shown}"
+    apply = functools.partial(layers.conv2d, **options)
+    return Network(init=init_fn, apply=apply, check=check, name=name)
 
 
 def max_pool2d(kernel_size, stride=None, padding=0, dilation=1) -> Network:
@@ -100,6 +104,7 @@ def max_pool2d(kernel_size, stride=None, padding=0, dilation=1) -> Network:
         init=_empty,
         apply=lambda params, x: layers.max_pool2d(x, **options),
         check=_no_params("max_pool2d"),
+        name=f"max_pool2d: {kernel_size}",
     )
 
 
@@ -109,6 +114,7 @@ def flatten(start_dim: int = 1, end_dim: int = -1) -> Network:
         init=_empty,
         apply=lambda params, x: layers.flatten(x, start_dim, end_dim),
         check=_no_params("flatten"),
+        name="flatten",
     )
 
 
@@ -131,7 +137,9 @@ def embedding(num_embeddings: int, embedding_dim: int, padding_idx: int | None =
     def apply(params, x):
         return layers.embedding(params, x, padding_idx)
 
-    return Network(init=init_fn, apply=apply, check=lambda p, x: _check_linear(p, shapes, "params"))
+    check = lambda p, x: _check_linear(p, shapes, "params")
+    name = f"embedding: {num_embeddings} x {embedding_dim}"
+    return Network(init=init_fn, apply=apply, check=check, name=name)
 
 
 def _affine(shape: tuple[int, ...], affine: bool):
@@ -155,9 +163,8 @@ def layer_norm(normalized_shape: int | tuple[int, ...], eps: float = 1e-5, affin
     """Layer normalisation over the last dims as a Network, as `torch.nn.LayerNorm`."""
     shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
     init_fn, check = _affine(shape, affine)
-    return Network(
-        init=init_fn, apply=lambda p, x: layers.layer_norm(p, x, shape, eps), check=check
-    )
+    apply = lambda p, x: layers.layer_norm(p, x, shape, eps)
+    return Network(init=init_fn, apply=apply, check=check, name=f"layer_norm: {shape}")
 
 
 def batch_norm(

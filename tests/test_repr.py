@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import functional_nn as fnn
+from functional_nn import blocks
 from functional_nn.optim import GradientTransformationExtraArgs
 from functional_nn.optim._named import shown_as_call
 from tests.tables import TORCH_OPTIMIZERS
@@ -141,3 +142,19 @@ def test_activations_are_taken_by_name_as_by_callable():
     assert torch.equal(by_name(params, x), by_callable(params, x))
     with pytest.raises(ValueError, match="Unknown activation 'tanhh'"):
         fnn.mlp([1, 3, 1], activation="tanhh")
+
+
+def test_blocks_show_their_shapes():
+    net = fnn.serial(
+        blocks.conv2d(1, 8, 3, padding=1),
+        blocks.batch_norm(8),
+        "relu",
+        blocks.max_pool2d(2),
+        blocks.flatten(),
+        blocks.dropout(0.2),
+        blocks.embedding(5, 3),
+    )
+    assert repr(net) == (
+        "Network(serial: [(conv2d: 1 -> 8, 3x3, padding=1), batch_norm: 8, relu, max_pool2d: 2, "
+        "flatten, dropout: p=0.2, embedding: 5 x 3])"
+    )
