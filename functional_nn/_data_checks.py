@@ -7,6 +7,7 @@ single arguments these build on).
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 from typing import Any
@@ -170,7 +171,10 @@ def check_outputs(
         return
     check_pred(pred, f"model(params, {x_name})")
     shapes = f"pred {_spec(pred)} and {y_name} {_spec(yb)}"
-    value = _on_meta(f"loss(pred, {y_name})", shapes, lambda: loss(pred, meta(yb)))
+    try:
+        value = _on_meta(f"loss(pred, {y_name})", shapes, lambda: loss(pred, meta(yb)))
+    except ValueError as e:
+        raise ValueError(f"{e}{_labels_hint(loss, yb, y_name)}") from e.__cause__
     if value is None:
         return
     check_loss_value(value, f"loss(pred, {y_name})")
@@ -181,6 +185,19 @@ def check_outputs(
         losses.check(loss, pred_shape, y)
     except (TypeError, ValueError) as e:
         raise type(e)(f"{names[1]}: {e}" if names[1] != "y" else str(e)) from None
+
+
+def _labels_hint(loss: Any, y: Tensor, y_name: str) -> str:
+    """For integer targets that a regression loss refuses: they look like class labels."""
+    base = loss.func if isinstance(loss, functools.partial) else loss
+    regression = (losses.sse, losses.mse, losses.l1, losses.huber, losses.smooth_l1)
+    if y.is_floating_point() or base not in regression:
+        return ""
+    return (
+        f"\n{y_name} holds integers ({y.dtype}), which look like class labels, and "
+        f"{base.__name__} is a regression loss: for classification pass "
+        'loss="cross_entropy" (pred: (N, C) logits, y: (N,) labels in 0..C-1).'
+    )
 
 
 def check_pred(pred: Any, call: str) -> None:

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 import attrs
 from torch import Tensor
 
-from . import _data_checks, _fit_args, _model_state
+from . import _data_checks, _fit_args, _model_state, _provenance
 from ._fit_args import COMPILE_MODES, DEFAULT_COMPILE_MODES, DEFAULT_STEPS
 from ._loop import CHECK_EVERY, run
 from ._pytree import PyTree, tree_index, tree_stack
@@ -95,7 +95,7 @@ def fit(
     y: Tensor,
     opt: GradientTransformation,
     *,
-    model: Model,
+    model: Model | None = None,
     loss: str | Loss = sse,
     steps: int | None = None,
     epochs: int | None = None,
@@ -133,7 +133,10 @@ def fit(
             given, by keyword, `value` (the 0-d loss at params, before the update, on this
             step's batch) and `value_fn` (`value_fn(params) -> 0-d loss` on the same batch);
             other opts never see them. The same holds under fit_ensemble and compile.
-        model: a Network, or any `apply(params, x) -> pred` (pred a tensor).
+        model: a Network, or any `apply(params, x) -> pred` (pred a tensor). None (the
+            default) trains the network whose init (or an earlier fit) returned params, found
+            without guessing (see `_provenance.py`); a TypeError asks for model= when params
+            were made or changed by other code.
         loss: `loss(pred, y) -> 0-d floating tensor` (an integer loss would have no gradient),
             or a loss's name (see `losses.LOSSES`), e.g. "cross_entropy".
         steps: updates to run in this call, >= 1. Give steps or epochs, not both; with neither,
@@ -193,6 +196,8 @@ def fit(
     result = FitResult(**fields, compile_time=sum(first_call))
     for hook in args.callbacks:
         result = getattr(hook, "on_fit_end", lambda r: r)(result)
+    if args.network is not None:  # so fit(result.params, ...) trains the same network
+        _provenance.record(result.params, args.network)
     return result
 
 
@@ -202,7 +207,7 @@ def fit_ensemble(
     y: Tensor,
     opt: GradientTransformation | Callable[[Tensor], GradientTransformation],
     *,
-    model: Model,
+    model: Model | None = None,
     loss: str | Loss = sse,
     lrs: Sequence[float] | Tensor | None = None,
     steps: int | None = None,
@@ -247,6 +252,8 @@ def fit_ensemble(
             None for K copies of `model.init_state()`. Model k's key is
             `fold_in(key(seed), k)` for an int seed, `key(seed[k])` for K seeds (as fit with
             seed=seed[k]), folded with the step as in fit.
+        model: as fit's; without it, the network that made every one of K params trees (from
+            its init), or the stacked params (from an earlier fit_ensemble).
         There are no callbacks: a callback watches one model's loss.
     Returns:
         A FitResult with stacked params and opt_state, (n, K) losses and (m, K) val_losses.
@@ -276,6 +283,8 @@ def fit_ensemble(
     data = batches(x, y, args.batch_size, args.shuffle, data_seed, args.start_step)
     fields = run(step, evaluate, stacked, state, data, args)
     fields = _model_state.split(fields) if args.stateful else fields
+    if args.network is not None:  # so fit_ensemble(result.params, ...) trains the same network
+        _provenance.record(fields["params"], args.network, _provenance.STACKED)
     return FitResult(**fields, compile_time=sum(first_call))
 
 
