@@ -187,6 +187,24 @@ def check_outputs(
         raise type(e)(f"{names[1]}: {e}" if names[1] != "y" else str(e)) from None
 
 
+def check_metrics(model: Any, metrics: tuple, params: PyTree, x: Tensor, y: Tensor) -> None:
+    """Each metric runs on meta tensors of the model's output on val and y_val (no arithmetic)."""
+    apply = model.apply if isinstance(model, Network) else model
+    meta = lambda t: t.to("meta") if isinstance(t, Tensor) else t
+    if not metrics:
+        return
+    pred = _on_meta("model(params, x_val)", "val", lambda: apply(tree_map(meta, params), meta(x)))
+    for name, metric in metrics if pred is not None else ():
+        shapes = f"pred {_spec(pred)} and y_val {_spec(y)}"
+        value = _on_meta(
+            f"metrics[{name!r}](pred, y_val)", shapes, lambda m=metric: m(pred, meta(y))
+        )
+        if value is not None and not (isinstance(value, Tensor) and value.ndim == 0):
+            raise ValueError(
+                f"metrics[{name!r}](pred, y_val) must return a 0-d tensor, got {_spec(value)}."
+            )
+
+
 def _labels_hint(loss: Any, y: Tensor, y_name: str) -> str:
     """For integer targets that a regression loss refuses: they look like class labels."""
     base = loss.func if isinstance(loss, functools.partial) else loss

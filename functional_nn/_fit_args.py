@@ -15,10 +15,11 @@ import attrs
 import torch
 from torch import Tensor
 
-from . import _checks, _data_checks, _ensemble_checks, _model_state, _provenance
+from . import _checks, _data_checks, _ensemble_checks, _model_state, _progress, _provenance
 from ._pytree import PyTree, tree_index
 from .data import steps_per_epoch
 from .losses import get_loss
+from .metrics import check_metrics
 from .networks import Network, eval_view
 
 # The PyTorch tutorial's two-layer network trains 500 full-batch steps; fit without steps or epochs does the same.
@@ -69,6 +70,8 @@ class FitArgs:
     stateful: bool = False
     model_state: PyTree | None = None
     network: Network | None = None  # the model when a Network: fit's result is noted as its
+    metrics: tuple = ()  # (name, metric) pairs, evaluated on val beside the loss
+    progress: bool = False  # a live tqdm bar instead of the log lines
 
     @property
     def end(self) -> int:
@@ -180,6 +183,8 @@ def _options(
     compile: Any,
     callbacks: Any = (),
     k: int | None = None,
+    metrics: Any = None,
+    progress: Any = False,
 ) -> FitArgs:
     """The counts and options, checked and resolved; k: the ensemble's size, None for fit."""
     n = x.shape[0]
@@ -195,6 +200,14 @@ def _options(
             f"got {callbacks!r}."
         )
     _checks.one_of("on_nonfinite", on_nonfinite, ON_NONFINITE)
+    metrics = () if metrics is None else check_metrics(metrics)
+    if metrics and val is None:
+        raise ValueError(
+            "metrics are evaluated on val, but val is None; pass val=(x_val, y_val) too."
+        )
+    _checks.flags(progress=progress)
+    if progress:
+        _progress.check_available()
     _checks.one_of("compile", compile, (True, False, *COMPILE_MODES))
     if compile is True:
         # fit_ensemble: max-autotune's matmul templates fail an inductor assertion on vmapped
@@ -216,6 +229,8 @@ def _options(
         on_nonfinite=on_nonfinite,
         compile=compile or None,
         opt_state=opt_state,
+        metrics=metrics,
+        progress=progress,
     )
 
 
@@ -263,3 +278,4 @@ def _check_outputs(model: Any, args: FitArgs, params: PyTree, x: Tensor, y: Tens
     if args.val is not None:
         val_x, val_y = args.val
         _data_checks.check_outputs(model, args.loss, params, val_x, val_y, _data_checks.VAL_NAMES)
+        _data_checks.check_metrics(model, args.metrics, params, val_x, val_y)
