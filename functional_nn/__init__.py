@@ -4,7 +4,7 @@ Networks are pure functions over params pytrees, gradients come from `torch.func
 `(init, update)` pairs with torch.optim's numerics, and `fit` trains without mutating anything.
 """
 
-from . import blocks, checkpoint, dropout, init, layers, losses, norm, optim
+from . import blocks, checkpoint, dropout, init, layers, losses, metrics, norm, optim
 from .callbacks import EarlyStopping
 from .grads import per_example_grads
 from .interop import from_module, mlp_from_state_dict, mlp_to_state_dict, to_module
@@ -85,6 +85,7 @@ __all__ = [
     "log_softmax",
     "logsigmoid",
     "losses",
+    "metrics",
     "mish",
     "mlp",
     "mlp_from_state_dict",

@@ -7,6 +7,7 @@ single arguments these build on).
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 from typing import Any
@@ -170,7 +171,10 @@ def check_outputs(
         return
     check_pred(pred, f"model(params, {x_name})")
     shapes = f"pred {_spec(pred)} and {y_name} {_spec(yb)}"
-    value = _on_meta(f"loss(pred, {y_name})", shapes, lambda: loss(pred, meta(yb)))
+    try:
+        value = _on_meta(f"loss(pred, {y_name})", shapes, lambda: loss(pred, meta(yb)))
+    except ValueError as e:
+        raise ValueError(f"{e}{_labels_hint(loss, yb, y_name)}") from e.__cause__
     if value is None:
         return
     check_loss_value(value, f"loss(pred, {y_name})")
@@ -181,6 +185,37 @@ def check_outputs(
         losses.check(loss, pred_shape, y)
     except (TypeError, ValueError) as e:
         raise type(e)(f"{names[1]}: {e}" if names[1] != "y" else str(e)) from None
+
+
+def check_metrics(model: Any, metrics: tuple, params: PyTree, x: Tensor, y: Tensor) -> None:
+    """Each metric runs on meta tensors of the model's output on val and y_val (no arithmetic)."""
+    apply = model.apply if isinstance(model, Network) else model
+    meta = lambda t: t.to("meta") if isinstance(t, Tensor) else t
+    if not metrics:
+        return
+    pred = _on_meta("model(params, x_val)", "val", lambda: apply(tree_map(meta, params), meta(x)))
+    for name, metric in metrics if pred is not None else ():
+        shapes = f"pred {_spec(pred)} and y_val {_spec(y)}"
+        value = _on_meta(
+            f"metrics[{name!r}](pred, y_val)", shapes, lambda m=metric: m(pred, meta(y))
+        )
+        if value is not None and not (isinstance(value, Tensor) and value.ndim == 0):
+            raise ValueError(
+                f"metrics[{name!r}](pred, y_val) must return a 0-d tensor, got {_spec(value)}."
+            )
+
+
+def _labels_hint(loss: Any, y: Tensor, y_name: str) -> str:
+    """For integer targets that a regression loss refuses: they look like class labels."""
+    base = loss.func if isinstance(loss, functools.partial) else loss
+    regression = (losses.sse, losses.mse, losses.l1, losses.huber, losses.smooth_l1)
+    if y.is_floating_point() or base not in regression:
+        return ""
+    return (
+        f"\n{y_name} holds integers ({y.dtype}), which look like class labels, and "
+        f"{base.__name__} is a regression loss: for classification pass "
+        'loss="cross_entropy" (pred: (N, C) logits, y: (N,) labels in 0..C-1).'
+    )
 
 
 def check_pred(pred: Any, call: str) -> None:

@@ -12,12 +12,14 @@ from collections.abc import Callable
 from typing import Any
 
 import attrs
+import torch
 from torch import Tensor
 
-from . import _checks, _data_checks, _ensemble_checks, _model_state
+from . import _checks, _data_checks, _ensemble_checks, _model_state, _progress, _provenance
 from ._pytree import PyTree, tree_index
 from .data import steps_per_epoch
 from .losses import get_loss
+from .metrics import check_metrics
 from .networks import Network, eval_view
 
 # The PyTorch tutorial's two-layer network trains 500 full-batch steps; fit without steps or epochs does the same.
@@ -67,6 +69,9 @@ class FitArgs:
     lrs: Tensor | None = None
     stateful: bool = False
     model_state: PyTree | None = None
+    network: Network | None = None  # the model when a Network: fit's result is noted as its
+    metrics: tuple = ()  # (name, metric) pairs, evaluated on val beside the loss
+    progress: bool = False  # a live tqdm bar instead of the log lines
 
     @property
     def end(self) -> int:
@@ -76,6 +81,7 @@ class FitArgs:
 
 def parse_fit(params: PyTree, x: Tensor, y: Tensor, opt: Any, **options: Any) -> FitArgs:
     """fit's checks, all of them (see fit); `options` are fit's keyword arguments."""
+    options["model"] = _model(options["model"], params, "fit")
     model, model_state = _stateless_for_checks(options)
     _checks.not_transformed("fit")
     _data_checks.check_data(x, y)
@@ -88,6 +94,7 @@ def parse_fit(params: PyTree, x: Tensor, y: Tensor, opt: Any, **options: Any) ->
         expected = _data_checks.state_shapes(opt.init, params)
         _data_checks.check_opt_state(args.opt_state, expected, x.device)
     _check_outputs(options["model"], args, params, x, y)
+    args = attrs.evolve(args, network=model if isinstance(model, Network) else None)
     return _with_state(args, model, _model_state.resolve(model, model_state, x))
 
 
@@ -100,6 +107,7 @@ def parse_ensemble(
         (the arguments, the params as one stacked tree (the caller's when it was stacked
         already, else a new one), K).
     """
+    options["model"] = _model(options["model"], params, "fit_ensemble")
     given_model, model_state = _stateless_for_checks(options)
     _checks.not_transformed("fit_ensemble")
     _data_checks.check_data(x, y)
@@ -117,7 +125,28 @@ def parse_ensemble(
     _check_outputs(model, args, first, x, y)
     model_state = _model_state.resolve(given_model, model_state, x, k)
     args = _with_state(args, given_model, model_state)
-    return attrs.evolve(args, lrs=lrs), stacked, k
+    network = given_model if isinstance(given_model, Network) else None
+    return attrs.evolve(args, lrs=lrs, network=network), stacked, k
+
+
+def _model(model: Any, params: PyTree, caller: str) -> Any:
+    """The model given, or (model=None) the network that made params (see _provenance.py)."""
+    if isinstance(model, torch.nn.Module):
+        raise TypeError(
+            f"model is a torch.nn.Module ({type(model).__name__}); {caller} takes a Network or a "
+            "function apply(params, x): wrap the module first, net, params = "
+            f"fnn.from_module(module), then {caller}(params, x, y, opt, model=net)."
+        )
+    if model is not None:
+        return model
+    if caller == "fit":
+        return _provenance.network_of(params)
+    try:  # a stacked tree from an earlier fit_ensemble (itself possibly a list, as mlp params)
+        return _provenance.network_of(params, _provenance.STACKED)
+    except TypeError:
+        if not isinstance(params, (list, tuple)):
+            raise
+    return _provenance.networks_of(list(params))  # K trees, each from the network's init
 
 
 def _stateless_for_checks(options: dict) -> tuple[Any, PyTree]:
@@ -154,6 +183,8 @@ def _options(
     compile: Any,
     callbacks: Any = (),
     k: int | None = None,
+    metrics: Any = None,
+    progress: Any = False,
 ) -> FitArgs:
     """The counts and options, checked and resolved; k: the ensemble's size, None for fit."""
     n = x.shape[0]
@@ -169,6 +200,14 @@ def _options(
             f"got {callbacks!r}."
         )
     _checks.one_of("on_nonfinite", on_nonfinite, ON_NONFINITE)
+    metrics = () if metrics is None else check_metrics(metrics)
+    if metrics and val is None:
+        raise ValueError(
+            "metrics are evaluated on val, but val is None; pass val=(x_val, y_val) too."
+        )
+    _checks.flags(progress=progress)
+    if progress:
+        _progress.check_available()
     _checks.one_of("compile", compile, (True, False, *COMPILE_MODES))
     if compile is True:
         # fit_ensemble: max-autotune's matmul templates fail an inductor assertion on vmapped
@@ -190,6 +229,8 @@ def _options(
         on_nonfinite=on_nonfinite,
         compile=compile or None,
         opt_state=opt_state,
+        metrics=metrics,
+        progress=progress,
     )
 
 
@@ -237,3 +278,4 @@ def _check_outputs(model: Any, args: FitArgs, params: PyTree, x: Tensor, y: Tens
     if args.val is not None:
         val_x, val_y = args.val
         _data_checks.check_outputs(model, args.loss, params, val_x, val_y, _data_checks.VAL_NAMES)
+        _data_checks.check_metrics(model, args.metrics, params, val_x, val_y)

@@ -29,6 +29,7 @@ import attrs
 import torch
 from torch import Tensor
 
+from . import _progress
 from ._fit_args import FitArgs
 from ._pytree import PyTree, tree_map
 
@@ -50,7 +51,12 @@ def run(
     Returns:
         The fields of fit's FitResult but compile_time, by name.
     """
-    return _Loop(step, evaluate, data, args).run(params, state)
+    loop = _Loop(step, evaluate, data, args)
+    try:
+        return loop.run(params, state)
+    finally:
+        if loop.bar is not None:
+            loop.bar.close()
 
 
 @attrs.define
@@ -74,6 +80,8 @@ class _Loop:
         self.flags: list[Tensor] = []  # the same, True where loss and gradients were finite
         self.val_losses: list[Tensor] = []
         self.val_steps: list[int] = []
+        self.val_metrics: list[dict] = []  # with fit(metrics=...): {name: value} per evaluation
+        self.bar = _progress.Bar(args.start_step, args.end) if args.progress else None
         self.since_callbacks = 0  # the first segment after the callbacks' last call
         self.last_log, self.log_clock = args.start_step, time.perf_counter()
 
@@ -90,7 +98,11 @@ class _Loop:
                 mark.batches += batches
                 s = stop
                 if self._evaluates(s) and self.evaluate is not None:
-                    self.val_losses.append(self.evaluate(params))
+                    value = self.evaluate(params)
+                    if self.args.metrics:  # evaluate gives (loss, {name: value})
+                        value, measured = value
+                        self.val_metrics.append(measured)
+                    self.val_losses.append(value)
                     self.val_steps.append(s)
                 if not self._looks(s):
                     continue
@@ -112,6 +124,7 @@ class _Loop:
             steps=s,
             val_losses=torch.stack(self.val_losses) if self.val_losses else None,
             val_steps=tuple(self.val_steps),
+            val_metrics=_stack_metrics(self.val_metrics),
             wall_time=time.perf_counter() - started,
             stop_reason=reason,
             nonfinite_step=None if bad is None else bad[0],
@@ -164,16 +177,20 @@ class _Loop:
             params, state, _, _ = self.step(params, state, xb, yb)
         self.losses[mark.segment :] = [losses[: step - mark.step]]
         kept = sum(s <= step for s in self.val_steps)
-        del self.val_losses[kept:], self.val_steps[kept:]
+        del self.val_losses[kept:], self.val_steps[kept:], self.val_metrics[kept:]
         return params, state
 
     def _host(self, s: int, params) -> bool:
         """The log line and callbacks that fall on step count s; True to stop."""
         val = self.val_losses[-1] if self.val_steps and self.val_steps[-1] == s else None
-        if self._logs(s):
+        metrics = self.val_metrics[-1] if val is not None and self.val_metrics else None
+        if self.bar is not None:  # the bar instead of the lines, at every look
+            self.bar.update(s, self.losses[-1][-1], val, metrics)
+        elif self._logs(s):
             if val is None and self.evaluate is not None:
                 val = self.evaluate(params)
-            self._log(s, val)
+                val = val[0] if self.args.metrics else val  # the loss; no metrics off schedule
+            self._log(s, val, metrics)
         if not (self.args.callbacks and self._evaluates(s)):
             return False
         if self.evaluate is None:  # no val: the mean training loss since the last call
@@ -181,16 +198,22 @@ class _Loop:
         self.since_callbacks = len(self.losses)
         return any([bool(callback(s, val, params)) for callback in self.args.callbacks])
 
-    def _log(self, s: int, val: Tensor | None) -> None:
+    def _log(self, s: int, val: Tensor | None, metrics: dict | None = None) -> None:
         now = time.perf_counter()
         rate = (s - self.last_log) / max(now - self.log_clock, 1e-9)
         self.last_log, self.log_clock = s, now
         end = self.args.end
         width = len(str(end))  # the last line shows the last step, s - 1, and the count s
-        line = f"step {s - 1:>{width}} ({s:>{width}}/{end} done)  loss {_mean(self.losses[-1][-1]):.6g}"
-        if val is not None:
-            line += f"  val {_mean(val):.6g}"
+        line = f"step {s - 1:>{width}} ({s:>{width}}/{end} done)  "
+        line += _progress.summary(self.losses[-1][-1], val, metrics)
         print(f"{line}  {rate:.4g} steps/s", file=sys.stderr, flush=True)
+
+
+def _stack_metrics(history: list[dict]) -> dict[str, Tensor] | None:
+    """{name: (m,) or (m, K) values} from one {name: value} per evaluation; None for none."""
+    if not history:
+        return None
+    return {name: torch.stack([h[name] for h in history]) for name in history[0]}
 
 
 def _first_bad(flags: Tensor, first_step: int) -> tuple[int, int | None] | None:
@@ -201,12 +224,6 @@ def _first_bad(flags: Tensor, first_step: int) -> tuple[int, int | None] | None:
     row = int(bad.any(1).nonzero()[0])
     model = int(bad[row].nonzero()[0]) if flags.ndim > 1 else None
     return first_step + row, model
-
-
-def _mean(t: Tensor) -> float:
-    """A loss as one number: itself, or the mean over the models of an ensemble (in float64, so
-    that a finite float64 loss past float32's range is printed as itself, not as inf)."""
-    return float(t.double().mean())
 
 
 def _diverged(step: int, model: int | None, loss: float) -> str:

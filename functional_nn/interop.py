@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from . import _provenance
 from .init import as_generator
 from .networks import Network, _meta_apply, eval_view
 
@@ -75,7 +76,7 @@ def from_module(module: nn.Module) -> tuple[Network, dict[str, Tensor]]:
     if not buffers and not random:
         apply = lambda params, x: torch.func.functional_call(module, params, (x,))
         net = Network(init=init, apply=apply, check=check, name=name)
-        return net, params
+        return net, _provenance.record(params, net)
     modes = {mode: copy.deepcopy(module).train(mode) for mode in (True, False)}
 
     def init_state(*, dtype: torch.dtype | None = None, device: Any = None):
@@ -88,7 +89,7 @@ def from_module(module: nn.Module) -> tuple[Network, dict[str, Tensor]]:
         return y, fresh
 
     net = Network(init=init, apply=apply, check=check, name=name, init_state=init_state)
-    return net, params
+    return net, _provenance.record(params, net)
 
 
 # torch.nn's modules that draw random numbers in training.

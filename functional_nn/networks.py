@@ -37,6 +37,7 @@ import attrs
 import torch
 from torch import Tensor
 
+from . import _provenance
 from ._pytree import PyTree, tree_map
 from .dropout import fold_in
 from .init import as_generator, get_scheme
@@ -62,7 +63,8 @@ class Network:
             `apply(params, x, *, state, train, key) -> (y, new_state)` (see the module docstring).
     """
 
-    init: Callable[..., PyTree]
+    # Network(init=...) stores the function as _make; the init method records what it returns.
+    _make: Callable[..., PyTree] = attrs.field(alias="init", converter=lambda f: _unbound(f))
     apply: Callable[..., Any]
     check: Callable[[PyTree, Tensor], None] = _no_check
     name: str = attrs.field(default="", kw_only=True, eq=False)
@@ -73,11 +75,21 @@ class Network:
         """Whether apply takes state, train and key and returns (y, new_state)."""
         return self.init_state is not None
 
+    def init(self, *args: Any, **kwargs: Any) -> PyTree:
+        """Draws params (see the attribute); noted as this network's, so fit finds it."""
+        return _provenance.record(self._make(*args, **kwargs), self)
+
     def __call__(self, params: PyTree, x: Tensor, **kwargs: Any) -> Any:
         return self.apply(params, x, **kwargs)
 
     def __repr__(self) -> str:
         return f"Network({_label(self)})"
+
+
+def _unbound(init: Callable) -> Callable:
+    """Another network's init method as the function it calls: Network(init=net.init, ...)
+    then equals net where the rest does, and what it draws is noted once, as its own."""
+    return init.__self__._make if getattr(init, "__func__", None) is Network.init else init
 
 
 def mlp(

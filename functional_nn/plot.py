@@ -20,7 +20,8 @@ def plot(
     lr: Callable | Sequence[float] | torch.Tensor | None = None,
     title: str | None = None,
 ):
-    """Train and val loss against the step (log scale), and the learning rate below when given.
+    """Train and val loss against the step (log scale); below, the val metrics when the fit had
+    metrics, and the learning rate when given.
 
     Step s is the number of updates done: the training loss at s is that of the params after s
     updates (computed by the step that makes update s + 1), and val is evaluated after
@@ -33,7 +34,8 @@ def plot(
             None for no lr panel.
         title: the figure's title.
     Returns:
-        A `matplotlib.figure.Figure` with one axes (loss) or two (loss, lr), sharing the step axis.
+        A `matplotlib.figure.Figure` with axes for the loss, then the metrics and the lr when
+        present, sharing the step axis.
     """
     if not isinstance(result, FitResult):
         raise TypeError(
@@ -42,17 +44,23 @@ def plot(
     figure_class = _matplotlib_figure()
     steps = torch.arange(result.steps - len(result.losses), result.steps)
     lrs = None if lr is None else _lr_values(lr, steps)
-    fig = figure_class(figsize=(7, 6 if lrs is not None else 4))
-    axes = fig.subplots(2 if lrs is not None else 1, 1, sharex=True, squeeze=False)[:, 0]
+    panels = 1 + (result.val_metrics is not None) + (lrs is not None)
+    fig = figure_class(figsize=(7, 2 + 2 * panels))
+    axes = fig.subplots(panels, 1, sharex=True, squeeze=False)[:, 0]
     loss_ax = axes[0]
     loss_ax.plot(steps, _numpy(result.losses), label="train")
     if result.val_losses is not None:
         loss_ax.plot(list(result.val_steps), _numpy(result.val_losses), "o-", label="val")
     loss_ax.set(yscale="log", ylabel="loss", title=title)
     loss_ax.legend()
+    if result.val_metrics is not None:  # fit(metrics=...): on val, at val_steps
+        for name, values in result.val_metrics.items():
+            axes[1].plot(list(result.val_steps), _numpy(values), "o-", label=name)
+        axes[1].set(ylabel="val metrics")
+        axes[1].legend()
     if lrs is not None:
-        axes[1].plot(steps, lrs)
-        axes[1].set(ylabel="learning rate")
+        axes[-1].plot(steps, lrs)
+        axes[-1].set(ylabel="learning rate")
     axes[-1].set(xlabel="step (updates done)")
     fig.tight_layout()
     return fig

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 import attrs
 from torch import Tensor
 
-from . import _data_checks, _fit_args, _model_state
+from . import _data_checks, _fit_args, _model_state, _provenance
 from ._fit_args import COMPILE_MODES, DEFAULT_COMPILE_MODES, DEFAULT_STEPS
 from ._loop import CHECK_EVERY, run
 from ._pytree import PyTree, tree_index, tree_stack
@@ -30,6 +30,7 @@ from ._step import (
 )
 from .data import batches
 from .losses import sse
+from .metrics import scoring
 from .networks import Network
 from .optim.base import GradientTransformation
 
@@ -74,6 +75,8 @@ class FitResult:
         model_state: a stateful network's state after the last step (e.g. batch-norm running
             statistics; stacked for an ensemble); pass it back as model_state to go on. None
             for a network without state.
+        val_metrics: with fit(metrics=...), {name: (m,) values}, one per evaluation (at
+            val_steps, as val_losses; (m, K) for K models); else None.
     """
 
     params: PyTree
@@ -87,6 +90,7 @@ class FitResult:
     stop_reason: str = "done"
     nonfinite_step: int | None = None
     model_state: PyTree = None
+    val_metrics: dict[str, Tensor] | None = None
 
 
 def fit(
@@ -95,7 +99,7 @@ def fit(
     y: Tensor,
     opt: GradientTransformation,
     *,
-    model: Model,
+    model: Model | None = None,
     loss: str | Loss = sse,
     steps: int | None = None,
     epochs: int | None = None,
@@ -111,6 +115,8 @@ def fit(
     on_nonfinite: str = "raise",
     compile: bool | str = False,
     model_state: PyTree | None = None,
+    metrics: dict | None = None,
+    progress: bool = False,
 ) -> FitResult:
     """Train `params` on `loss(model(params, xb), yb)` with `opt`, full batch or in minibatches.
 
@@ -133,7 +139,10 @@ def fit(
             given, by keyword, `value` (the 0-d loss at params, before the update, on this
             step's batch) and `value_fn` (`value_fn(params) -> 0-d loss` on the same batch);
             other opts never see them. The same holds under fit_ensemble and compile.
-        model: a Network, or any `apply(params, x) -> pred` (pred a tensor).
+        model: a Network, or any `apply(params, x) -> pred` (pred a tensor). None (the
+            default) trains the network whose init (or an earlier fit) returned params, found
+            without guessing (see `_provenance.py`); a TypeError asks for model= when params
+            were made or changed by other code.
         loss: `loss(pred, y) -> 0-d floating tensor` (an integer loss would have no gradient),
             or a loss's name (see `losses.LOSSES`), e.g. "cross_entropy".
         steps: updates to run in this call, >= 1. Give steps or epochs, not both; with neither,
@@ -166,6 +175,14 @@ def fit(
             DEFAULT_COMPILE_MODES gives for x's device (CUDA graphs on cuda);
             or one of COMPILE_MODES. The compiled step is reused by later fits with the same
             model, loss and opt objects; the result's compile_time holds its first call.
+        model_state: a stateful network's state to start from; None for `model.init_state()`.
+        metrics: {name: metric} to evaluate on val (required then) at each evaluation, in eval
+            mode, beside the loss: a metric is `metric(pred, y) -> 0-d tensor` or its name in
+            `metrics.METRICS`, e.g. {"accuracy": "accuracy"}. In FitResult.val_metrics and the
+            progress line.
+        progress: True for a live bar (tqdm, an optional extra) with steps/s, ETA, the loss, val
+            and metrics, updated where the loop syncs anyway (see `_progress.py`); it replaces
+            the log_every lines.
     Returns:
         A FitResult: params, opt_state, the (n,) losses of this call, steps, validation history,
         wall time, compile time, why it stopped, and the first non-finite step.
@@ -176,7 +193,8 @@ def fit(
     evaluate = None
     if args.val is not None:
         val_x, val_y = args.val
-        evaluate = lambda p: args.loss(args.apply(p, val_x), val_y)
+        score = scoring(args.loss, args.metrics)
+        evaluate = lambda p: score(args.apply(p, val_x), val_y)
     data = batches(x, y, args.batch_size, args.shuffle, args.seed, args.start_step)
     first_call = []  # the seconds of the compiled step's first call, compilation included
     if args.compile:
@@ -193,6 +211,8 @@ def fit(
     result = FitResult(**fields, compile_time=sum(first_call))
     for hook in args.callbacks:
         result = getattr(hook, "on_fit_end", lambda r: r)(result)
+    if args.network is not None:  # so fit(result.params, ...) trains the same network
+        _provenance.record(result.params, args.network)
     return result
 
 
@@ -202,7 +222,7 @@ def fit_ensemble(
     y: Tensor,
     opt: GradientTransformation | Callable[[Tensor], GradientTransformation],
     *,
-    model: Model,
+    model: Model | None = None,
     loss: str | Loss = sse,
     lrs: Sequence[float] | Tensor | None = None,
     steps: int | None = None,
@@ -218,6 +238,8 @@ def fit_ensemble(
     on_nonfinite: str = "raise",
     compile: bool | str = False,
     model_state: PyTree | None = None,
+    metrics: dict | None = None,
+    progress: bool = False,
 ) -> FitResult:
     """Train K models at once with torch.func.vmap: K fits in lockstep, in one loop.
 
@@ -247,6 +269,8 @@ def fit_ensemble(
             None for K copies of `model.init_state()`. Model k's key is
             `fold_in(key(seed), k)` for an int seed, `key(seed[k])` for K seeds (as fit with
             seed=seed[k]), folded with the step as in fit.
+        model: as fit's; without it, the network that made every one of K params trees (from
+            its init), or the stacked params (from an earlier fit_ensemble).
         There are no callbacks: a callback watches one model's loss.
     Returns:
         A FitResult with stacked params and opt_state, (n, K) losses and (m, K) val_losses.
@@ -268,7 +292,8 @@ def fit_ensemble(
     else:
         vmapped = vmapped_step(*key)
     step = lambda p, s, xb, yb: vmapped(p, s, xb, yb, lrs)
-    evaluate = None if args.val is None else vmapped_eval(args.apply, args.loss, args.val)
+    score = scoring(args.loss, args.metrics)
+    evaluate = None if args.val is None else vmapped_eval(args.apply, score, args.val)
     if args.stateful:  # the model state and keys ride with opt_state (see _model_state.py)
         state, step, evaluate = _stateful_parts(args, opt, state, x, first_call, key, k)
     seed = args.seed
@@ -276,6 +301,8 @@ def fit_ensemble(
     data = batches(x, y, args.batch_size, args.shuffle, data_seed, args.start_step)
     fields = run(step, evaluate, stacked, state, data, args)
     fields = _model_state.split(fields) if args.stateful else fields
+    if args.network is not None:  # so fit_ensemble(result.params, ...) trains the same network
+        _provenance.record(fields["params"], args.network, _provenance.STACKED)
     return FitResult(**fields, compile_time=sum(first_call))
 
 
@@ -305,5 +332,6 @@ def _stateful_parts(args, opt, state, x, first_call, vmap_key=None, k=None):
     step, latest = ms.tracking(step, carried)
     evaluate = None
     if args.val is not None:
-        evaluate = ms.evaluator(args.apply, args.loss, args.val, latest, ensemble=k is not None)
+        score = scoring(args.loss, args.metrics)
+        evaluate = ms.evaluator(args.apply, score, args.val, latest, ensemble=k is not None)
     return carried, step, evaluate

@@ -51,6 +51,23 @@ def test_the_lr_panel_holds_the_schedules_values():
     np.testing.assert_array_equal(given, [1, 2, 3, 4, 5])
 
 
+def test_the_metrics_panel_sits_between_loss_and_lr():
+    pytest.importorskip("matplotlib")
+    val = (torch.randn(8, 3, dtype=torch.float64), torch.zeros(8, 1, dtype=torch.float64))
+    metrics = {"mae": "mean_absolute_error", "rmse": "root_mean_squared_error"}
+    result = _fit(opt=fnn.sgd(1e-2), steps=6, val=val, eval_every=3, metrics=metrics)
+    loss_ax, metrics_ax, lr_ax = fnn.plot(result, lr=[1.0] * 6).axes
+    mae, rmse = metrics_ax.get_lines()
+    assert (
+        loss_ax.get_ylabel() == "loss"
+        and metrics_ax.get_ylabel() == "val metrics"
+        and lr_ax.get_ylabel() == "learning rate"
+    )
+    np.testing.assert_array_equal(mae.get_xdata(), [3, 6])
+    np.testing.assert_array_equal(rmse.get_ydata(), result.val_metrics["rmse"].numpy())
+    assert len(fnn.plot(_fit(opt=fnn.sgd(1e-2), steps=6, val=val)).axes) == 1
+
+
 def test_an_ensemble_is_one_line_per_model():
     pytest.importorskip("matplotlib")
     gen = torch.Generator().manual_seed(1)
