@@ -138,8 +138,12 @@ class _Loop:
     def _segment(self, params, state, batches):
         """The steps of one segment, without a host sync; their losses and flags kept stacked."""
         losses, flags = [], []
-        for xb, yb in batches:
-            params, state, loss, finite = self.step(params, state, xb, yb)
+        # From a segment's second step on, the params and state are the ones its step before
+        # made, which nobody else has seen (the caller, a mark, a callback or a replay sees only
+        # a segment's first): a step that can may write its results into them (donation).
+        donating = getattr(self.step, "donating", None) or self.step
+        for i, (xb, yb) in enumerate(batches):
+            params, state, loss, finite = (donating if i else self.step)(params, state, xb, yb)
             losses.append(loss)
             flags.append(finite)
         self.losses.append(torch.stack(losses))
