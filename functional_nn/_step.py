@@ -66,17 +66,18 @@ def make_step(apply: Callable, loss: Loss, opt: GradientTransformation) -> Calla
         return params, state, value, _finite([value, *tree_leaves(grads), *tree_leaves(params)])
 
     if isinstance(opt.update, LeafwiseUpdate) and opt.update.donates:
-        step.donating = _donating(step)
+        step.donating = _donating(step, True)
+        step.donating_state = _donating(step, False)
     return step
 
 
-def _donating(step: Callable) -> Callable:
-    """`step` within `_foreach.donated()`: it writes the new params and optimizer state into the
-    old ones. Only for fit's eager loop, on params and state that its own last step made and
+def _donating(step: Callable, params: bool) -> Callable:
+    """`step` within `_foreach.donated(params)`: it writes the new optimizer state (and params)
+    into the old ones. Only for fit's eager loop, on a state (params) that it made itself and
     nobody else has seen (see `_loop._Loop._segment`)."""
 
     def donating(*args):
-        with _foreach.donated():
+        with _foreach.donated(params):
             return step(*args)
 
     return donating

@@ -70,6 +70,13 @@ def test_a_donating_step_writes_into_its_inputs_bitwise_as_the_pure_step(name):
     # The new params and every moment buffer are the old tensors, written in place.
     assert _ptrs(donated[0]) == before[0]
     assert _ptrs(donated[1]) == before[1]
+    # Given the state only, the step writes its state in place, its params anew.
+    with torch.no_grad():
+        again = step(_clone(pure[0]), _clone(pure[1]), x, y)
+        before = _ptrs(pure[0]), _ptrs(pure[1])
+        state_only = step.donating_state(pure[0], pure[1], x, y)
+    assert _bitwise_equal(state_only, again)
+    assert _ptrs(state_only[1]) == before[1] and _ptrs(state_only[0]) != before[0]
 
 
 def test_an_optimizer_with_a_part_that_does_not_donate_is_never_donated_to():
@@ -105,6 +112,8 @@ def test_fit_never_changes_the_callers_params_or_state_even_passed_back_in(name)
     params, opt_state = MODEL.init(1), opt.init(MODEL.init(1))
     kept = _clone((params, opt_state, x, y))
     first = fnn.fit(params, x, y, opt, model=MODEL, loss="mse", steps=150, opt_state=opt_state)
+    assert _bitwise_equal((params, opt_state, x, y), kept)
+    fnn.fit(params, x, y, opt, model=MODEL, loss="mse", steps=150)  # fit's own fresh state
     assert _bitwise_equal((params, opt_state, x, y), kept)
     held = _clone((first.params, first.opt_state))
     again = fnn.fit(
@@ -148,18 +157,20 @@ def test_a_stateful_networks_model_state_and_params_never_change():
     assert r2.steps == r.steps + 5 and r.model_state is not None
 
 
-def test_stop_replays_from_a_mark_the_donating_steps_left_intact():
-    """on_nonfinite="stop" replays from the last look (a segment's start): donation after it must
-    not have written into the params and state kept there."""
+@pytest.mark.parametrize("at", [20, fnn.train.CHECK_EVERY + 20])
+def test_stop_replays_from_a_mark_the_donating_steps_left_intact(at):
+    """on_nonfinite="stop" replays from the last look (a segment's start, the first one's being
+    the caller's params and fit's fresh state): donation after it must not have written into the
+    params and state kept there."""
     x, y = _data()
-    # Finite until step CHECK_EVERY + 20 (a huge lr, as a schedule), non-finite one step later.
-    boom = lambda count: torch.where(count >= fnn.train.CHECK_EVERY + 20, 1e30, 0.05)
+    # Finite until step `at` (a huge lr, as a schedule), non-finite one step later.
+    boom = lambda count: torch.where(count >= at, 1e30, 0.05)
     opt = optim.sgd(boom, momentum=0.9)
     r = fnn.fit(
         MODEL.init(0), x, y, opt, model=MODEL, loss="mse", steps=fnn.train.CHECK_EVERY + 30,
         on_nonfinite="stop",
     )  # fmt: skip
-    assert r.stop_reason == "nonfinite" and r.steps == r.nonfinite_step > fnn.train.CHECK_EVERY
+    assert r.stop_reason == "nonfinite" and r.steps == r.nonfinite_step > at
     step = make_step(MODEL.apply, fnn.losses.mse, opt)
     params, state = MODEL.init(0), opt.init(MODEL.init(0))
     with torch.no_grad():

@@ -25,6 +25,8 @@ writes its state in place. A transform calls `owned` only on a buffer it reads o
 point, and recomputes every step; the others are never written. A transform whose update keeps
 to that says so (`LeafwiseUpdate.donates`); fit donates only to an optimizer all of whose parts
 do. Outside `donated()`, `owned` returns its argument: an update stays pure.
+`donated(params=False)` gives the state buffers only, not the params (fit's first step, whose
+params are the caller's but whose state its own init has just made).
 
 A scalar operand `s` may be a number or a 0-d tensor (a step size, a bias correction, a learning
 rate batched by vmap); 0-d tensors do not promote the lists' dtype. The factors a step derives
@@ -59,24 +61,28 @@ def _fresh(tensors) -> list[Tensor]:
     return list(tensors) if torch.compiler.is_compiling() else Fresh(tensors)
 
 
-_donating = contextvars.ContextVar("functional_nn_donating", default=False)
+_donating = contextvars.ContextVar("functional_nn_donating", default=None)
 
 
 @contextlib.contextmanager
-def donated():
-    """Within: `owned` gives the updates of this thread the buffers it is passed (see above)."""
-    token = _donating.set(True)
+def donated(params: bool = True):
+    """Within: `owned` gives the updates of this thread the buffers it is passed (see above);
+    the params too unless `params` is False."""
+    token = _donating.set("all" if params else "state")
     try:
         yield
     finally:
         _donating.reset(token)
 
 
-def owned(tensors: list[Tensor]) -> list[Tensor]:
-    """`tensors` as a Fresh list within `donated()` on the multi-tensor path, else themselves."""
+def owned(tensors: list[Tensor], params: bool = False) -> list[Tensor]:
+    """`tensors` (the params, when `params`) as a Fresh list within `donated()` on the
+    multi-tensor path, else themselves."""
     if torch.compiler.is_compiling():  # first: dynamo cannot trace ContextVar.get
         return tensors
-    return Fresh(tensors) if _donating.get() and multi_tensor(tensors) else tensors
+    mode = _donating.get()
+    given = mode == "all" or (mode == "state" and not params)
+    return Fresh(tensors) if given and multi_tensor(tensors) else tensors
 
 
 def multi_tensor(tensors: list[Tensor]) -> bool:

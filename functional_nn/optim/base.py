@@ -298,4 +298,4 @@ def apply_updates(params: PyTree, updates: PyTree) -> PyTree:
     deltas, spec = tree_flatten(updates)
     leaves = _matching_leaves(params, deltas, spec, "updates", "params")
     # owned: within fit's donated steps, into the params it made at the step before.
-    return tree_unflatten(_foreach.add_(_foreach.owned(leaves), deltas), spec)
+    return tree_unflatten(_foreach.add_(_foreach.owned(leaves, params=True), deltas), spec)
