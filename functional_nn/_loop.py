@@ -151,8 +151,17 @@ class _Loop:
     def _segment(self, params, state, batches):
         """The steps of one segment, without a host sync; their losses and flags kept stacked."""
         losses, flags = [], []
-        for xb, yb in batches:
-            params, state, loss, finite = self.step(params, state, xb, yb)
+        # From a segment's second step on, the params and state are the ones its step before
+        # made, which nobody else has seen (the caller, a mark, a callback or a replay sees only
+        # a segment's first): a step that can may write its results into them (donation).
+        # The very first step's params are the caller's, but its state fit's init made, unless
+        # the caller gave one (or "stop" may replay from that state).
+        donating = getattr(self.step, "donating", None) or self.step
+        first, args = self.step, self.args
+        if not self.losses and args.opt_state is None and args.on_nonfinite != "stop":
+            first = getattr(self.step, "donating_state", None) or self.step
+        for i, (xb, yb) in enumerate(batches):
+            params, state, loss, finite = (donating if i else first)(params, state, xb, yb)
             losses.append(loss)
             flags.append(finite)
         self.losses.append(torch.stack(losses))

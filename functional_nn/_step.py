@@ -17,7 +17,13 @@ from torch import Tensor
 
 from . import _data_checks
 from ._pytree import PyTree, tree_leaves, tree_map
-from .optim.base import GradientTransformation, GradientTransformationExtraArgs, apply_updates
+from .optim import _foreach
+from .optim.base import (
+    GradientTransformation,
+    GradientTransformationExtraArgs,
+    LeafwiseUpdate,
+    apply_updates,
+)
 
 Loss = Callable[[Tensor, Tensor], Tensor]
 
@@ -59,7 +65,22 @@ def make_step(apply: Callable, loss: Loss, opt: GradientTransformation) -> Calla
         params = apply_updates(params, updates)
         return params, state, value, _finite([value, *tree_leaves(grads), *tree_leaves(params)])
 
+    if isinstance(opt.update, LeafwiseUpdate) and opt.update.donates:
+        step.donating = _donating(step, True)
+        step.donating_state = _donating(step, False)
     return step
+
+
+def _donating(step: Callable, params: bool) -> Callable:
+    """`step` within `_foreach.donated(params)`: it writes the new optimizer state (and params)
+    into the old ones. Only for fit's eager loop, on a state (params) that it made itself and
+    nobody else has seen (see `_loop._Loop._segment`)."""
+
+    def donating(*args):
+        with _foreach.donated(params):
+            return step(*args)
+
+    return donating
 
 
 def _finite(tensors: list[Tensor]) -> Tensor:

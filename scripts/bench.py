@@ -7,7 +7,7 @@ steps; each contender runs once untimed first (warm-up), and only its training l
 
     PYTHONPATH=. python scripts/bench.py [--quick] [--json PATH] [--device cpu|cuda]
         [--dtype float32|float64] [--steps S] [--repeats R] [--no-compile]
-        [--only seed|sweep|ensembles|updates ...]
+        [--only seed|sweep|ensembles|updates|fit16m ...]
 
 Threads: torch and numpy's BLAS each start one thread per core, and on a machine shared with other
 work those threads wait on each other, which made single matmuls here 10 to 40 times slower. Set
@@ -19,7 +19,10 @@ sweep of N and H with Adam: us per step and GFLOP/s. Ensembles of K models with 
 against K fits one after another, per model-step. The optimizer update alone, on four tensors of
 fixed grads summing to 100k, 1.6M and 16M params: functional_nn's pure update + apply_updates
 against torch.optim's foreach and fused steps, with minor page faults per step and the peak RSS
-above the RSS a run starts at. `--only PART` runs some parts. The contenders are in bench_cases.py.
+above the RSS a run starts at. And fit16m: one 4000x4000 linear layer (16M params), Adam, fit
+against the torch.optim loop, each run in a fresh process (bench_linear.py): steps/s, peak RSS
+and minor page faults per step. `--only PART` runs some parts. The contenders are in
+bench_cases.py.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 import bench_cases as cases
+import bench_linear
 import numpy as np
 import torch
 from bench_cases import SEED_SIZES, Prepared, Problem, Sizes, Unavailable
@@ -65,7 +69,7 @@ UPDATE_CONTENDERS = [
     ("torch.optim fused", cases.torch_update(fused=True)),
 ]
 UPDATE_BASELINES = ("torch.optim foreach", "torch.optim fused")
-PARTS = ("seed", "sweep", "ensembles", "updates")
+PARTS = ("seed", "sweep", "ensembles", "updates", "fit16m")
 
 
 class Settings(NamedTuple):
@@ -77,6 +81,7 @@ class Settings(NamedTuple):
     max_sequential: int | None  # time at most this many of the K sequential fits, per model
     update_sizes: tuple[int, ...]  # params in the update-alone table
     update_steps: int  # steps per run at the first of them; a size f times larger runs 1/f
+    linear: tuple[int, int, int] = (4000, 64, 10)  # fit16m: (width, N, steps a run)
 
 
 FULL = Settings(
@@ -89,7 +94,7 @@ FULL = Settings(
     (100_000, 1_600_000, 16_000_000),
     160,
 )
-QUICK = Settings(20, 3, ((4, 1), (1, 4)), (1, 8, 32, 128), 5, 8, (1_000, 16_000), 4)
+QUICK = Settings(20, 3, ((4, 1), (1, 4)), (1, 8, 32, 128), 5, 8, (1_000, 16_000), 4, (64, 8, 3))
 
 
 def measure(prepared: dict[str, Prepared], repeats: int) -> dict:
@@ -235,6 +240,34 @@ def update_rows(device, dtype, s: Settings, contenders=UPDATE_CONTENDERS) -> lis
     return rows
 
 
+def linear_rows(s: Settings) -> dict:
+    """fit against the torch.optim loop on one wide linear layer, Adam, each run a fresh process,
+    interleaved (the order alternates by repeat): medians of us per step, minor page faults per
+    step and peak RSS above the timed run's start (MB); fit's steps/s as a ratio to the loop's."""
+    width, n, steps = s.linear
+    samples = {name: [] for name in bench_linear.SIDES}
+    for i in range(s.repeats):
+        order = bench_linear.SIDES if i % 2 == 0 else bench_linear.SIDES[::-1]
+        for name in order:
+            samples[name].append(bench_linear.in_subprocess(name, width, n, steps))
+    figures = {name: _median(runs) for name, runs in samples.items()}
+    us = {name: 1e6 * f["seconds_per_step"] for name, f in figures.items()}
+    peak = {
+        name: None if f["peak_bytes"] is None else f["peak_bytes"] / 2**20
+        for name, f in figures.items()
+    }
+    return {
+        "width": width,
+        "n": n,
+        "steps": steps,
+        "params_mb": width * width * 4 / 2**20,  # float32
+        "us_per_step": us,
+        "steps_per_s_vs_loop": us["torch.optim"] / us["fit"],
+        "faults_per_step": {name: f["faults_per_step"] for name, f in figures.items()},
+        "peak_mb": peak,
+    }
+
+
 # ---- output -----------------------------------------------------------------------------------
 
 
@@ -303,6 +336,18 @@ def print_updates(rows: list[dict], header: str) -> None:
         print(f"{r['size']:>10} {r['optimizer']:<10}{r['steps']:>6}{cells}")
     for note in sorted({note for r in rows for note in r["notes"].items()}):
         print(f"  n/a {note[0]}: {note[1]}")
+
+
+def print_linear(r: dict, header: str) -> None:
+    print(f"\n{header}\n   {'contender':<14}{'us/step':>11}{'faults/step':>13}{'peak MB':>9}")
+    for name in bench_linear.SIDES:
+        figures = (
+            _fmt(r["us_per_step"][name], ".0f", 11)
+            + _fmt(r["faults_per_step"][name], ".0f", 13)
+            + _fmt(r["peak_mb"][name], ".1f", 9)
+        )
+        print(f"   {name:<14}{figures}")
+    print(f"   fit's steps/s: {r['steps_per_s_vs_loop']:.2f}x the loop's")
 
 
 def machine(device: torch.device) -> dict:
@@ -429,6 +474,17 @@ def main(argv=None, sizes: Sizes = SEED_SIZES, settings: Settings | None = None)
             f"lr {cases.UPDATE_LR:g}, four tensors, {where}; faults: minor page faults "
             "per step; peak MB: peak RSS above the run's start",
         )
+    if "fit16m" in args.only and device.type == "cpu" and args.dtype == "float32":
+        out["fit16m"] = linear_rows(s)
+        width, n, steps = s.linear
+        print_linear(
+            out["fit16m"],
+            f"fit16m, adam lr {bench_linear.LR:g}: one {width}x{width} linear layer, N={n}, "
+            f"{steps} steps a run, a fresh process each, float32 on cpu, median of {s.repeats}; "
+            f"params {out['fit16m']['params_mb']:.0f} MB; peak MB: peak RSS above the run's start",
+        )
+    elif "fit16m" in args.only:
+        print("\nfit16m left out: it measures peak RSS, so it runs float32 on the cpu only")
     out["machine"]["load_average_end"] = _load_average()
     print(f"\nload average at the end {out['machine']['load_average_end']}")
     if args.json:

@@ -17,6 +17,17 @@ them. Each full-size tensor allocated costs a pass over fresh memory, and above 
 threshold (128 KiB, rising to at most 32 MiB) page faults on first write: reusing them in place is
 what keeps a step near torch.optim's in-place speed.
 
+Donation extends the rule to memory the caller gives away. Within `donated()` (fit's eager loop,
+on a step whose params and optimizer state it made itself at the step before and has shown
+nobody: see _loop.py), `owned(buffer)` returns a state buffer, or the params in apply_updates,
+as a Fresh list, so the consuming ops write the new values into the old tensors, as torch.optim
+writes its state in place. A transform calls `owned` only on a buffer it reads once, at that
+point, and recomputes every step; the others are never written. A transform whose update keeps
+to that says so (`LeafwiseUpdate.donates`); fit donates only to an optimizer all of whose parts
+do. Outside `donated()`, `owned` returns its argument: an update stays pure.
+`donated(params=False)` gives the state buffers only, not the params (fit's first step, whose
+params are the caller's but whose state its own init has just made).
+
 A scalar operand `s` may be a number or a 0-d tensor (a step size, a bias correction, a learning
 rate batched by vmap); 0-d tensors do not promote the lists' dtype. The factors a step derives
 from its count are Python floats where reading the count waits on nothing (`value`): then they
@@ -25,6 +36,8 @@ cost no tensor ops and reach the kernels as plain numbers, as torch.optim's do.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 import operator
 
@@ -46,6 +59,30 @@ def _fresh(tensors) -> list[Tensor]:
     """`tensors` as a Fresh list; a plain one under torch.compile, which traces no list subclass
     into an op and needs no reuse: inductor plans the buffers of the whole step itself."""
     return list(tensors) if torch.compiler.is_compiling() else Fresh(tensors)
+
+
+_donating = contextvars.ContextVar("functional_nn_donating", default=None)
+
+
+@contextlib.contextmanager
+def donated(params: bool = True):
+    """Within: `owned` gives the updates of this thread the buffers it is passed (see above);
+    the params too unless `params` is False."""
+    token = _donating.set("all" if params else "state")
+    try:
+        yield
+    finally:
+        _donating.reset(token)
+
+
+def owned(tensors: list[Tensor], params: bool = False) -> list[Tensor]:
+    """`tensors` (the params, when `params`) as a Fresh list within `donated()` on the
+    multi-tensor path, else themselves."""
+    if torch.compiler.is_compiling():  # first: dynamo cannot trace ContextVar.get
+        return tensors
+    mode = _donating.get()
+    given = mode == "all" or (mode == "state" and not params)
+    return Fresh(tensors) if given and multi_tensor(tensors) else tensors
 
 
 def multi_tensor(tensors: list[Tensor]) -> bool:
@@ -196,11 +233,30 @@ def reciprocal_(a: list[Tensor]) -> Fresh:
     return _fresh(torch.reciprocal(x) for x in a)
 
 
+def add_into_(a: list[Tensor], b: list[Tensor], alpha: float = 1.0) -> Fresh:
+    """add, consuming `b` (the second operand): a + alpha * b, written into b's tensors."""
+    if reusable(b, a):
+        # No multi-tensor op writes its second operand; on the CPU _foreach_add runs this very
+        # op per tensor, so both round alike. Element-wise, out may alias an input.
+        for x, y in zip(a, b):
+            torch.add(x, y, alpha=alpha, out=y)
+        return b
+    return add(a, b, alpha)
+
+
 def lerp(a: list[Tensor], b: list[Tensor], weight: float) -> Fresh:
     """a + weight * (b - a), with torch.lerp's rounding."""
     if multi_tensor(a):
         return _fresh(torch._foreach_lerp(a, b, weight))
     return _fresh(torch.lerp(x, y, weight) for x, y in zip(a, b))
+
+
+def lerp_(a: list[Tensor], b: list[Tensor], weight: float) -> Fresh:
+    """lerp, consuming `a`."""
+    if reusable(a, b):
+        torch._foreach_lerp_(a, b, weight)
+        return a
+    return lerp(a, b, weight)
 
 
 def addcmul(a: list[Tensor], b: list[Tensor], c: list[Tensor], value: float = 1.0) -> Fresh:

@@ -45,9 +45,9 @@ def _moments(
     g: list[Tensor], state, spec, b1: float, b2: float
 ) -> tuple[list[Tensor], list[Tensor]]:
     """Adam's moments, as torch updates them: m = lerp(m, g, 1 - b1), v = b2 v + (1 - b2) g^2."""
-    mu = _foreach.lerp(checked_leaves(state.mu, g, spec), g, 1.0 - b1)
-    nu = _foreach.addcmul_(_foreach.mul(tree_leaves(state.nu), b2), g, g, 1.0 - b2)
-    return mu, nu
+    mu = _foreach.lerp_(_foreach.owned(checked_leaves(state.mu, g, spec)), g, 1.0 - b1)
+    nu = _foreach.mul_(_foreach.owned(tree_leaves(state.nu)), b2)
+    return mu, _foreach.addcmul_(nu, g, g, 1.0 - b2)
 
 
 def _over(numerator: list[Tensor], denom: _foreach.Fresh) -> _foreach.Fresh:
@@ -96,7 +96,10 @@ def scale_by_adam(
     def update_leaves(g, state, params, spec):
         count = state.count + 1
         mu, nu = _moments(g, state, spec, b1, b2)
-        nu_max = _foreach.maximum(checked_leaves(state.nu_max, g, spec), nu) if amsgrad else nu
+        if amsgrad:
+            nu_max = _foreach.maximum_(_foreach.owned(checked_leaves(state.nu_max, g, spec)), nu)
+        else:
+            nu_max = nu
         t = _steps(count)
         bias_correction1 = 1.0 - b1**t
         bias_correction2_sqrt = scalar_sqrt(1.0 - b2**t)
@@ -105,7 +108,7 @@ def scale_by_adam(
         tree = lambda leaves: tree_unflatten(leaves, spec)
         return out, ScaleByAdamState(count, tree(mu), tree(nu), tree(nu_max) if amsgrad else ())
 
-    return leafwise(init, update_leaves, ScaleByAdamState)
+    return leafwise(init, update_leaves, ScaleByAdamState, donates=True)
 
 
 @register_namedtuple
@@ -199,7 +202,7 @@ def scale_by_nadam(
         mu, nu = tree_unflatten(mu, spec), tree_unflatten(nu, spec)
         return out, ScaleByNadamState(count, mu_product, mu, nu)
 
-    return leafwise(init, update_leaves, ScaleByNadamState)
+    return leafwise(init, update_leaves, ScaleByNadamState, donates=True)
 
 
 @register_namedtuple
@@ -285,10 +288,10 @@ def scale_by_rms(
         return ScaleByRmsState(zeros_like(params), zeros_like(params) if centered else ())
 
     def update_leaves(g, state, params, spec):
-        decayed = _foreach.mul(checked_leaves(state.nu, g, spec), alpha)
+        decayed = _foreach.mul_(_foreach.owned(checked_leaves(state.nu, g, spec)), alpha)
         nu = _foreach.addcmul_(decayed, g, g, 1.0 - alpha)
         if centered:
-            mu = _foreach.lerp(checked_leaves(state.mu, g, spec), g, 1.0 - alpha)
+            mu = _foreach.lerp_(_foreach.owned(checked_leaves(state.mu, g, spec)), g, 1.0 - alpha)
             avg = _foreach.sqrt_(_foreach.addcmul(nu, mu, mu, -1.0))
         else:
             avg = _foreach.sqrt(nu)
@@ -297,7 +300,7 @@ def scale_by_rms(
             tree_unflatten(nu, spec), tree_unflatten(mu, spec) if centered else ()
         )
 
-    return leafwise(init, update_leaves, ScaleByRmsState)
+    return leafwise(init, update_leaves, ScaleByRmsState, donates=True)
 
 
 @register_namedtuple

@@ -69,7 +69,10 @@ class EmptyState(NamedTuple):
 
 
 def leafwise(
-    init: Callable[[PyTree], PyTree], update_leaves: LeafUpdate, state_type: type | None = None
+    init: Callable[[PyTree], PyTree],
+    update_leaves: LeafUpdate,
+    state_type: type | None = None,
+    donates: bool = False,
 ) -> GradientTransformation:
     """A transform from an update over the flat list of leaves; the tree is flattened here, once.
 
@@ -80,6 +83,8 @@ def leafwise(
             tree, flattened only by the transforms that read them (`param_leaves`).
         state_type: the class of the states `init` makes; when given, every update first checks
             its state with `check_state`.
+        donates: True when `update_leaves` writes its state only through `_foreach.owned` and
+            keeps no reference to the grads or params in its state (see `LeafwiseUpdate`).
     Returns:
         A GradientTransformation whose `update` is a LeafwiseUpdate of `update_leaves`.
     """
@@ -90,7 +95,7 @@ def leafwise(
             check_state(state, state_type, g, spec)
             return unchecked(g, state, params, spec)
 
-    return GradientTransformation(init, LeafwiseUpdate(update_leaves))
+    return GradientTransformation(init, LeafwiseUpdate(update_leaves, donates))
 
 
 class LeafwiseUpdate:
@@ -101,12 +106,17 @@ class LeafwiseUpdate:
     `leaves` of its members when all of them are LeafwiseUpdates (an isinstance check, never an
     attribute sniffed), so a chain flattens once. The state is the same either way: the one
     `init` made from the params tree.
+
+    `donates`: whether the update may take its state buffers, and apply_updates the params, as
+    its own within `_foreach.donated()`, writing the new values into them (fit's loop does so on
+    the params and states it made itself; a chain donates when all its members do). The results
+    are bitwise those of the pure update; only the old buffers are gone.
     """
 
-    __slots__ = ("leaves",)
+    __slots__ = ("donates", "leaves")
 
-    def __init__(self, leaves: LeafUpdate):
-        self.leaves = leaves
+    def __init__(self, leaves: LeafUpdate, donates: bool = False):
+        self.leaves, self.donates = leaves, donates
 
     def __call__(self, grads: PyTree, state: PyTree, params: PyTree | None = None):
         g, spec = tree_flatten(grads)
@@ -256,7 +266,8 @@ def chain(*transforms: GradientTransformation) -> GradientTransformation:
                 new_state.append(s)
             return g, tuple(new_state)
 
-        return leafwise(init, update_leaves)
+        donates = all(t.update.donates for t in transforms)
+        return leafwise(init, update_leaves, donates=donates)
 
     def update(grads, state, params=None, **extra_args):
         check(state)
@@ -286,4 +297,5 @@ def apply_updates(params: PyTree, updates: PyTree) -> PyTree:
     """
     deltas, spec = tree_flatten(updates)
     leaves = _matching_leaves(params, deltas, spec, "updates", "params")
-    return tree_unflatten(_foreach.add(leaves, deltas), spec)
+    # owned: within fit's donated steps, into the params it made at the step before.
+    return tree_unflatten(_foreach.add_(_foreach.owned(leaves, params=True), deltas), spec)

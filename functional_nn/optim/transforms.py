@@ -36,7 +36,8 @@ def zero_count(params: PyTree) -> Tensor:
 
 
 def _stateless(update_leaves) -> GradientTransformation:
-    return leafwise(lambda params: EmptyState(), update_leaves)
+    # No state, so nothing kept: safe to run within fit's donated steps (see _foreach).
+    return leafwise(lambda params: EmptyState(), update_leaves, donates=True)
 
 
 def scale(factor: float) -> GradientTransformation:
@@ -141,7 +142,7 @@ def scale_by_learning_rate(lr: float | Tensor | Schedule) -> GradientTransformat
             )
         return _foreach.mul_(g, -step_lr), ScaleByLearningRateState(count, next_lr)
 
-    return leafwise(init, update_leaves, ScaleByLearningRateState)
+    return leafwise(init, update_leaves, ScaleByLearningRateState, donates=True)
 
 
 def current_lr(state: PyTree, group=None) -> Tensor:
@@ -227,13 +228,13 @@ def trace(
         return TraceState(zero_count(params), zeros_like(params))
 
     def update_leaves(g, state, p, spec):
-        buf = checked_leaves(state.momentum_buffer, g, spec)
+        buf = _foreach.owned(checked_leaves(state.momentum_buffer, g, spec))
         if dampening == 0.0:
             # One pass (torch: mul_ then add_, rounding momentum * b once more). b_0 = 0, so the
             # first step gives b_1 = g exactly.
-            buf = _foreach.add(g, buf, alpha=momentum)
+            buf = _foreach.add_into_(g, buf, alpha=momentum)
         else:
-            buf = _foreach.mul(buf, momentum)
+            buf = _foreach.mul_(buf, momentum)
             # 1 on the first step, 1 - dampening after: a tensor, so no host sync decides it.
             # In float64, as torch rounds the Python float 1 - dampening (the op casts it).
             keep = 1.0 - dampening * (state.count > 0).to(torch.float64)
@@ -242,4 +243,4 @@ def trace(
         out = _foreach.add(g, buf, alpha=momentum) if nesterov else list(buf)
         return out, TraceState(state.count + 1, tree_unflatten(buf, spec))
 
-    return leafwise(init, update_leaves, TraceState)
+    return leafwise(init, update_leaves, TraceState, donates=True)
