@@ -168,6 +168,12 @@ def tracking(step: Callable, carried: tuple) -> tuple[Callable, list]:
     return tracked, latest
 
 
+def watch(callbacks, latest: list) -> None:
+    """Give each callback with a watch_model_state method (see callbacks.py) the latest state."""
+    for hook in callbacks:
+        getattr(hook, "watch_model_state", lambda get: None)(lambda: latest[0])
+
+
 def evaluator(apply, loss, val, latest: list, ensemble: bool) -> Callable[[PyTree], Tensor]:
     """The validation loss in eval mode (train=False: dropout off, running statistics)."""
     val_x, val_y = val

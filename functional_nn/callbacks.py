@@ -10,6 +10,9 @@ callbacks list (Keras' on_train_begin and on_train_end):
     on_fit_start(): after fit's input checks, before the first step;
     on_fit_end(result) -> FitResult: after the last step (not when fit raises); what it returns
         becomes fit's result.
+and, for a stateful network (batch norm, dropout), a third, called before on_fit_start:
+    watch_model_state(get): `get()` returns the model state after the latest step, so a callback
+        can keep the state that belongs with the params it is given.
 """
 
 from __future__ import annotations
@@ -35,14 +38,16 @@ class EarlyStopping:
         patience: evaluations without improvement to allow before stopping, >= 1.
         min_delta: an improvement must lower the best loss by more than this, >= 0.
         restore_best: when True, fit's result holds the best params seen at an evaluation
-            (best_params) instead of the last ones, as Keras' restore_best_weights. Only the
-            params: opt_state, steps and losses stay those of the last step run, so such a result
+            (best_params) instead of the last ones, as Keras' restore_best_weights, and for a
+            stateful network the model state of that step (best_model_state: batch norm's running
+            statistics). opt_state, steps and losses stay those of the last step run, so such a result
             is not a point to resume from bitwise. Without any evaluation the params stay as they
             are.
     Attributes:
         best_loss: the lowest monitored loss so far (inf before the first evaluation).
         best_step: the step count at which it was seen, or None.
         best_params: the params at that evaluation, or None.
+        best_model_state: a stateful network's model state at that evaluation, or None.
         stopped_step: the step count at which it asked fit to stop, or None.
     """
 
@@ -51,6 +56,7 @@ class EarlyStopping:
         number("min_delta", min_delta)
         flags(restore_best=restore_best)
         self.patience, self.min_delta, self.restore_best = patience, float(min_delta), restore_best
+        self._model_state = None  # set by fit through watch_model_state, for one fit
         self.on_fit_start()
 
     def on_fit_start(self) -> None:
@@ -58,20 +64,30 @@ class EarlyStopping:
         self.best_loss = math.inf
         self.best_step: int | None = None
         self.best_params: PyTree | None = None
+        self.best_model_state: PyTree | None = None
         self.stopped_step: int | None = None
         self._waited = 0
 
     def on_fit_end(self, result):
         """With restore_best, the result with the best params seen."""
+        get, self._model_state = self._model_state, None  # a later fit may have no state
         if not self.restore_best or self.best_params is None:
             return result
+        if get is not None and result.model_state is not None:
+            return attrs.evolve(result, params=self.best_params, model_state=self.best_model_state)
         return attrs.evolve(result, params=self.best_params)
+
+    def watch_model_state(self, get) -> None:
+        """Called by fit for a stateful network: `get()` is the model state after the last step."""
+        self._model_state = get
 
     def __call__(self, step: int, loss: Tensor, params: PyTree) -> bool:
         value = float(loss)
         if value < self.best_loss - self.min_delta:
             self.best_loss, self.best_step = value, step
             self.best_params = tree_map(_copy, params)
+            if self._model_state is not None:
+                self.best_model_state = tree_map(_copy, self._model_state())
             self._waited = 0
             return False
         self._waited += 1

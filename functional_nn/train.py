@@ -330,6 +330,7 @@ def _stateful_parts(args, opt, state, x, first_call, vmap_key=None, k=None):
         )
         step = lambda p, s, xb, yb: vmapped(p, s, xb, yb, args.lrs)
     step, latest = ms.tracking(step, carried)
+    ms.watch(args.callbacks, latest)
     evaluate = None
     if args.val is not None:
         score = scoring(args.loss, args.metrics)

@@ -1,9 +1,11 @@
 """The seeds' six stages side by side with functional_nn, checked against the numpy oracle.
 
-One table per workload (scripts/workloads.py: the seeds' regression, the same with biases, and a
-cross-entropy classification, whose table adds the final training accuracy); within one, every
-stage (scripts/stages.py) trains the same two-layer ReLU net from the same data and initial params,
-so every loss curve can be compared step by step with the oracle's curve for the same optimizer.
+One table per workload (scripts/workloads.py: the seeds' regression, the same with biases, a
+cross-entropy classification, whose table adds the final training accuracy, and a batch-norm +
+dropout net, whose table adds the running statistics' difference); within one, every stage
+(scripts/stages.py, scripts/stages_state.py) trains the same net from the same data, initial params
+and dropout masks, so every loss curve can be compared step by step with the oracle's curve for the
+same optimizer.
 
     python scripts/compare.py [--steps 500] [--device cpu|cuda]
         [--dtype float64|float32] [--seed 0] [--json PATH] [--plot PATH]
@@ -31,7 +33,6 @@ if not __package__:
 from oracle.gradcheck import rel_error
 from oracle.networks import mlp_forward
 from oracle.train import flat_params
-from scripts import stages
 from scripts.stages import Problem, StageResult
 from scripts.workloads import D_IN, D_OUT, ORACLE, TOLERANCES, WORKLOADS, H, N, Stage, Workload
 
@@ -63,6 +64,10 @@ def _row(
     curve_diff = difference(result.losses, reference.losses)
     pairs = zip(flat_params(result.params), flat_params(reference.params), strict=True)
     params_diff = max(difference(p, r) for p, r in pairs)
+    state_diff = None  # batch norm's running statistics, for a workload whose net has them
+    if reference.model_state is not None:
+        names = sorted(reference.model_state)
+        state_diff = max(difference(result.model_state[k], reference.model_state[k]) for k in names)
     return {
         "workload": workload,
         "stage": stage.name,
@@ -74,10 +79,11 @@ def _row(
         "final_loss": float(result.losses[-1]),
         "curve_rel_diff": curve_diff,
         "params_rel_diff": params_diff,
+        "state_rel_diff": state_diff,
         "accuracy": accuracy(result.params, problem),
         "us_per_step": 1e6 * result.seconds / len(result.losses),
         "tolerance": tolerance,
-        "agrees": curve_diff <= tolerance and params_diff <= tolerance,
+        "agrees": max(curve_diff, params_diff, state_diff or 0.0) <= tolerance,
         "losses": result.losses.tolist(),
     }
 
@@ -88,11 +94,11 @@ def run_workload(workload: Workload, seed: int, steps: int, device, dtype) -> li
     tolerance = workload.tolerances[str(dtype).removeprefix("torch.")]
     rows = []
     for optimizer in dict.fromkeys(stage.optimizer for stage in workload.stages):
-        reference = stages.numpy_oracle(optimizer, problem, steps, device, dtype)
+        reference = workload.oracle(optimizer, problem, steps, device, dtype)
         rows.append(
             _row(
                 workload.name,
-                Stage(ORACLE, optimizer, stages.numpy_oracle, False),
+                Stage(ORACLE, optimizer, workload.oracle, False),
                 reference,
                 reference,
                 problem,
@@ -107,19 +113,22 @@ def run_workload(workload: Workload, seed: int, steps: int, device, dtype) -> li
 
 
 def print_table(workload: Workload, rows: list[dict]) -> None:
-    """One line per stage, with a training-accuracy column where the workload classifies; '*'
-    marks the rows that gate the exit code."""
+    """One line per stage, with a training-accuracy column where the workload classifies and a
+    running-statistics column where its net has them; '*' marks the rows that gate the exit code."""
     with_accuracy = any(r["accuracy"] is not None for r in rows)
+    with_state = any(r["state_rel_diff"] is not None for r in rows)
     print(f"\n{workload.name}: {workload.about}; tolerance {rows[0]['tolerance']:.0e}.")
     columns = f"{'stage':<25}{'opt, lr':<12}{'first loss':>12}{'final loss':>12}{'curve diff':>12}"
     accuracy_column = f"{'train acc':>10}" if with_accuracy else ""
-    print(f"{columns}{'param diff':>12}{accuracy_column}{'us/step':>10}  vs oracle")
+    state_column = f"{'state diff':>12}" if with_state else ""
+    print(f"{columns}{'param diff':>12}{state_column}{accuracy_column}{'us/step':>10}  vs oracle")
     for r in rows:
         name, opt = r["stage"] + (" *" if r["gates"] else ""), f"{r['optimizer']} {r['lr']:.0e}"
         acc = f"{r['accuracy']:>10.3f}" if with_accuracy else ""
+        state = f"{r['state_rel_diff']:>12.1e}" if with_state else ""
         print(
             f"{name:<25}{opt:<12}{r['first_loss']:>12.4e}{r['final_loss']:>12.4e}"
-            f"{r['curve_rel_diff']:>12.1e}{r['params_rel_diff']:>12.1e}{acc}"
+            f"{r['curve_rel_diff']:>12.1e}{r['params_rel_diff']:>12.1e}{state}{acc}"
             f"{r['us_per_step']:>10.1f}  {'agrees' if r['agrees'] else 'DIFFERS'}"
         )
 

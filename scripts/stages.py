@@ -35,6 +35,7 @@ class Problem(NamedTuple):
     params: Params  # the initial params, float64
     loss: str  # a key of LOSSES
     lr: dict[str, float]  # learning rate per optimizer name
+    dropout: tuple[float, int] | None = None  # (p, key seed) of a net with dropout (stages_state)
 
 
 class StageResult(NamedTuple):
@@ -43,6 +44,7 @@ class StageResult(NamedTuple):
     losses: np.ndarray  # (steps,) float64
     params: Params  # the final params, float64
     seconds: float  # the training loop's wall time, device work included
+    model_state: dict | None = None  # batch norm's final running_mean, running_var (float64)
 
 
 class Implementations(NamedTuple):

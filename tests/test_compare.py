@@ -44,6 +44,14 @@ ROWS = {  # (workload, stage, optimizer); each optimizer's oracle row is always 
         ("torch.optim", "adam"),
         ("functional_nn", "adam"),
     },
+    "batch norm + dropout": {
+        ("numpy by hand (oracle)", "sgd"),
+        ("torch.optim", "sgd"),
+        ("functional_nn", "sgd"),
+        ("numpy by hand (oracle)", "adam"),
+        ("torch.optim", "adam"),
+        ("functional_nn", "adam"),
+    },
 }
 WORKLOADS = {w.name: w for w in workloads.WORKLOADS}
 
@@ -78,12 +86,16 @@ def _stage(workload, name: str, optimizer: str):
 
 
 def _perturbed(stage, what: str):
-    """The stage with its losses, its final weights or its final biases scaled by 1 + 1e-6."""
+    """The stage with its losses, its final weights, biases or running statistics scaled by
+    1 + 1e-6."""
 
     def run(*args):
         result = stage.run(*args)
         if what == "losses":
             return result._replace(losses=result.losses * (1 + 1e-6))
+        if what == "state":
+            state = {k: v * (1 + 1e-6) for k, v in result.model_state.items()}
+            return result._replace(model_state=state)
         key = {"weights": "weight", "biases": "bias"}[what]
         params = [
             {k: v * (1 + 1e-6) if k == key else v for k, v in layer.items()}
@@ -100,7 +112,12 @@ def _perturbed(stage, what: str):
 # error becomes a step's, and torch's init makes the classifier's weights ~30 times smaller).
 RTOL = {
     "float64": dict.fromkeys(ROWS, 1e-9),
-    "float32": {"regression": 1e-4, "regression + bias": 1e-4, "classification": 1e-3},
+    "float32": {
+        "regression": 1e-4,
+        "regression + bias": 1e-4,
+        "classification": 1e-3,
+        "batch norm + dropout": 1e-4,
+    },
 }
 
 
@@ -149,6 +166,11 @@ CASES = [  # (workload, optimizer, what is perturbed)
         for what in ("losses", "weights", "biases")
     ],
     *[("classification", "adam", what) for what in ("losses", "weights", "biases")],
+    *[
+        ("batch norm + dropout", opt, what)
+        for opt in ("sgd", "adam")
+        for what in ("losses", "weights", "biases", "state")
+    ],
 ]
 
 
@@ -272,3 +294,42 @@ def test_the_script_as_a_command_exits_with_mains_code(capsys, monkeypatch):
         runpy.run_path(str(ROOT / "scripts" / "compare.py"), run_name="__main__")
     assert exit_info.value.code == 0
     assert "OK: every functional_nn row agrees with the oracle." in capsys.readouterr().out
+
+
+def test_batch_norm_dropout_rows_agree_in_running_statistics_and_masks(tmp_path):
+    code, out = _run(tmp_path, chosen=[WORKLOADS["batch norm + dropout"]])
+    assert code == 0
+    for r in out["rows"]:
+        # float64: rounding only, measured <= 2e-15 over 20 steps, seed 0
+        assert r["state_rel_diff"] is not None and r["state_rel_diff"] <= 1e-12, r["stage"]
+        assert r["params_rel_diff"] <= 1e-12 and r["curve_rel_diff"] <= 1e-12, r["stage"]
+    _, plain = _run(tmp_path, chosen=_only("regression", ("functional_nn", "sgd")))
+    assert {r["state_rel_diff"] for r in plain["rows"]} == {None}  # no state, no column
+
+
+def test_batch_norm_dropout_with_other_masks_fails_the_check(tmp_path):
+    # functional_nn trained with another key seed draws other masks: the check must notice
+    w = WORKLOADS["batch norm + dropout"]
+    functional = _stage(w, "functional_nn", "sgd")
+
+    def other_seed(optimizer, problem, *rest):
+        p, seed = problem.dropout
+        return functional.run(optimizer, problem._replace(dropout=(p, seed + 1)), *rest)
+
+    code, out = _run(tmp_path, chosen=_only(w.name, functional._replace(run=other_seed)))
+    assert code == 1 and not out["rows"][1]["agrees"]
+    assert out["rows"][1]["params_rel_diff"] > 1e-3
+
+
+def test_the_batch_norm_problem_shares_the_regression_data():
+    plain, bn = workloads.regression(2), workloads.batch_norm_dropout(2)
+    np.testing.assert_array_equal(plain.x, bn.x)
+    np.testing.assert_array_equal(plain.y, bn.y)
+    assert bn.dropout == (workloads.DROPOUT_P, 2)
+    assert [sorted(layer) for layer in bn.params] == [
+        ["weight"],
+        ["bias", "weight"],
+        [],
+        [],
+        ["bias", "weight"],
+    ]

@@ -219,3 +219,25 @@ def test_checkpoints_carry_the_model_state(tmp_path):
     checkpoint.save(path, r.params, r.opt_state, steps=r.steps)  # no model state: version 2
     assert torch.load(path, weights_only=True)["version"] == 2
     assert checkpoint.load(path).model_state is None
+
+
+def test_early_stopping_restores_the_model_state_of_the_best_step_too():
+    net = _native()
+    params = net.init(0, dtype=torch.float64)
+    g = torch.Generator().manual_seed(6)
+    x, y = torch.randn(16, 4, generator=g, dtype=torch.float64), torch.randn(16, 2, generator=g)
+    val = (torch.randn(8, 4, generator=g, dtype=torch.float64), y[:8].double() + 1.0)
+    opt, kwargs = optim.sgd(0.3, momentum=MOMENTUM), dict(model=net, loss="mse", seed=1)
+    stopper = fnn.EarlyStopping(patience=100, restore_best=True)  # never stops: runs all steps
+    r = fnn.fit(
+        params, x, y.double(), opt, steps=12, val=val, eval_every=1, callbacks=[stopper], **kwargs
+    )
+    best = stopper.best_step
+    assert best is not None and best < r.steps  # the best is not the last: a real restore
+    at_best = fnn.fit(params, x, y.double(), opt, steps=best, **kwargs)
+    assert_trees_close(r.params, at_best.params, 0.0, "restored params")
+    assert_trees_close(r.model_state, at_best.model_state, 0.0, "restored model state")
+    assert int(r.model_state[1]["num_batches_tracked"]) == best
+    # the state at the best step is a copy: the final state moved on
+    last = fnn.fit(params, x, y.double(), opt, steps=r.steps, **kwargs)
+    assert int(last.model_state[1]["num_batches_tracked"]) == r.steps
