@@ -14,7 +14,7 @@ from typing import Any
 import attrs
 from torch import Tensor
 
-from . import _checks, _data_checks, _ensemble_checks, _model_state
+from . import _checks, _data_checks, _ensemble_checks, _loaders, _model_state
 from ._pytree import PyTree, tree_index
 from .data import steps_per_epoch
 from .losses import get_loss
@@ -48,6 +48,8 @@ class FitArgs:
         stateful: whether the model has state or randomness (a Network with init_state); then
             apply is `apply(params, x, *, state, train, key) -> (y, new_state)`.
         model_state: the model state to start from (given or fresh), or None.
+        loader: with a loader as x, (its first xb on the params' device, the checked batches of
+            steps start_step, ...) (see `_loaders.py`); None for tensors.
     """
 
     apply: Callable
@@ -67,6 +69,7 @@ class FitArgs:
     lrs: Tensor | None = None
     stateful: bool = False
     model_state: PyTree | None = None
+    loader: tuple | None = None
 
     @property
     def end(self) -> int:
@@ -76,6 +79,10 @@ class FitArgs:
 
 def parse_fit(params: PyTree, x: Tensor, y: Tensor, opt: Any, **options: Any) -> FitArgs:
     """fit's checks, all of them (see fit); `options` are fit's keyword arguments."""
+    if _loaders.is_loader(x, y):  # a DataLoader or re-iterable of (xb, yb) batches
+        return _loaders.parse(parse_fit, params, x, y, opt, **options)
+    if isinstance(x, Tensor):  # a val loader, read whole (see _loaders.val_tensors)
+        options["val"] = _loaders.val_tensors(options["val"], x.device)
     model, model_state = _stateless_for_checks(options)
     _checks.not_transformed("fit")
     _data_checks.check_data(x, y)

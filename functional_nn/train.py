@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 import attrs
 from torch import Tensor
 
-from . import _data_checks, _fit_args, _model_state
+from . import _data_checks, _fit_args, _loaders, _model_state
 from ._fit_args import COMPILE_MODES, DEFAULT_COMPILE_MODES, DEFAULT_STEPS
 from ._loop import CHECK_EVERY, run
 from ._pytree import PyTree, tree_index, tree_stack
@@ -127,6 +127,18 @@ def fit(
         params: a pytree of finite floating tensors with x's dtype and device, as made by
             `model.init`.
         x: (N, ...) real floating inputs; y: (N, ...) targets. No NaN or inf.
+            Or x a loader and y None: a torch DataLoader, or any re-iterable of (xb, yb) batches
+            (not an iterator), one step per batch; an epoch is one pass, len(x) batches; each
+            batch is checked where it is read (a bad one is an error naming its index) and moved
+            to params' device, non_blocking from pinned memory, one batch ahead. batch_size must
+            be None and shuffle is unused: the loader orders. Before epoch e fit calls
+            set_epoch(e) on the loader's sampler (DistributedSampler's), batch sampler or the
+            loader, where one has it. Resume (start_step=s) goes on in epoch s // len(x),
+            skipping its first s % len(x) batches, which are read but not trained on (their
+            loading is the cost); it is bitwise where the loader's order is a function of a
+            seeded generator and the epoch (e.g. DistributedSampler(ds, 1, 0, seed=...)), not
+            with DataLoader(shuffle=True), whose generator a restarted process has not advanced.
+            See `_loaders.py`.
         opt: a GradientTransformation, e.g. `optim.adam(1e-4)`. Its `init` runs once, on
             `params`, and its `update(grads, state, params)` sees trees of params' structure,
             as in a hand-written loop. An opt that is a GradientTransformationExtraArgs is also
@@ -150,7 +162,9 @@ def fit(
             order and the step counts go on from there, so fit(r.params, ...,
             opt_state=r.opt_state, start_step=r.steps) continues r bitwise, at a cost that does
             not grow with start_step.
-        val: (x_val, y_val) to evaluate the loss on every eval_every steps and after the last.
+        val: (x_val, y_val) to evaluate the loss on every eval_every steps and after the last;
+            or a loader of (xb, yb) batches, read once at the start and concatenated on the
+            device (the same val loss as those tensors).
         callbacks: `callback(step, loss, params) -> bool` called at each evaluation; True stops
             training. A callback's optional on_fit_start() runs before the first step and
             on_fit_end(result) may replace the result (see `callbacks.py`, e.g. EarlyStopping
@@ -177,7 +191,7 @@ def fit(
     if args.val is not None:
         val_x, val_y = args.val
         evaluate = lambda p: args.loss(args.apply(p, val_x), val_y)
-    data = batches(x, y, args.batch_size, args.shuffle, args.seed, args.start_step)
+    x, data = _loaders.source(x, y, args)  # x: a loader's first batch, for its device
     first_call = []  # the seconds of the compiled step's first call, compilation included
     if args.compile:
         step = compiled_step(args.apply, args.loss, opt, args.compile)
