@@ -14,7 +14,7 @@ from typing import Any
 import attrs
 from torch import Tensor
 
-from . import _checks, _data_checks, _ensemble_checks, _loaders, _model_state
+from . import _checks, _data_checks, _ensemble_checks, _fit_distributed, _loaders, _model_state
 from ._pytree import PyTree, tree_index
 from .data import steps_per_epoch
 from .losses import get_loss
@@ -48,6 +48,7 @@ class FitArgs:
         stateful: whether the model has state or randomness (a Network with init_state); then
             apply is `apply(params, x, *, state, train, key) -> (y, new_state)`.
         model_state: the model state to start from (given or fresh), or None.
+        distributed: fit(distributed=...)'s _fit_distributed.DataParallel, or None.
         loader: with a loader as x, (its first xb on the params' device, the checked batches of
             steps start_step, ...) (see `_loaders.py`); None for tensors.
     """
@@ -70,6 +71,7 @@ class FitArgs:
     stateful: bool = False
     model_state: PyTree | None = None
     loader: tuple | None = None
+    distributed: Any = None
 
     @property
     def end(self) -> int:
@@ -83,6 +85,7 @@ def parse_fit(params: PyTree, x: Tensor, y: Tensor, opt: Any, **options: Any) ->
         return _loaders.parse(parse_fit, params, x, y, opt, **options)
     if isinstance(x, Tensor):  # a val loader, read whole (see _loaders.val_tensors)
         options["val"] = _loaders.val_tensors(options["val"], x.device)
+    distributed = options.pop("distributed")
     model, model_state = _stateless_for_checks(options)
     _checks.not_transformed("fit")
     _data_checks.check_data(x, y)
@@ -95,7 +98,11 @@ def parse_fit(params: PyTree, x: Tensor, y: Tensor, opt: Any, **options: Any) ->
         expected = _data_checks.state_shapes(opt.init, params)
         _data_checks.check_opt_state(args.opt_state, expected, x.device)
     _check_outputs(options["model"], args, params, x, y)
-    return _with_state(args, model, _model_state.resolve(model, model_state, x))
+    args = _with_state(args, model, _model_state.resolve(model, model_state, x))
+    parallel = _fit_distributed.resolve(
+        distributed, loss=args.loss, opt=opt, compile=args.compile, stateful=args.stateful
+    )
+    return attrs.evolve(args, distributed=parallel)
 
 
 def parse_ensemble(

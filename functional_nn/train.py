@@ -12,6 +12,7 @@ FitArgs of `_fit_args.py`.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import attrs
 from torch import Tensor
@@ -111,6 +112,7 @@ def fit(
     on_nonfinite: str = "raise",
     compile: bool | str = False,
     model_state: PyTree | None = None,
+    distributed: bool | Any = False,
 ) -> FitResult:
     """Train `params` on `loss(model(params, xb), yb)` with `opt`, full batch or in minibatches.
 
@@ -180,6 +182,15 @@ def fit(
             DEFAULT_COMPILE_MODES gives for x's device (CUDA graphs on cuda);
             or one of COMPILE_MODES. The compiled step is reused by later fits with the same
             model, loss and opt objects; the result's compile_time holds its first call.
+        distributed: True (the default process group) or a ProcessGroup to train data parallel,
+            run on every rank (torchrun): params and opt_state are broadcast from rank 0; with
+            tensors each rank takes rows r, r + P, ... of every global batch, with a loader its
+            own batches (its DistributedSampler's share); loss and gradients are all-reduced in
+            buckets between gradient and update, weighted for a mean loss, so P processes follow
+            one process's trajectory to rounding; losses are the global loss, and every decision
+            is the same on every rank. The loss must say whether it sums or averages
+            (`distributed.loss_reduction`). Not with compile, a stateful model or an opt taking
+            value_fn. See `_fit_distributed.py`.
     Returns:
         A FitResult: params, opt_state, the (n,) losses of this call, steps, validation history,
         wall time, compile time, why it stopped, and the first non-finite step.
@@ -192,12 +203,15 @@ def fit(
         val_x, val_y = args.val
         evaluate = lambda p: args.loss(args.apply(p, val_x), val_y)
     x, data = _loaders.source(x, y, args)  # x: a loader's first batch, for its device
+    reduce = None
+    if args.distributed is not None:  # data parallel: see _fit_distributed.py
+        params, state, data, reduce = args.distributed.start(params, state, data, not args.loader)
     first_call = []  # the seconds of the compiled step's first call, compilation included
     if args.compile:
         step = compiled_step(args.apply, args.loss, opt, args.compile)
         step = timing_first_call(step, first_call)
     else:
-        step = make_step(args.apply, args.loss, opt)
+        step = make_step(args.apply, args.loss, opt, reduce)
     if args.stateful:  # the model state and keys ride with opt_state (see _model_state.py)
         state, step, evaluate = _stateful_parts(args, opt, state, x, first_call)
     for hook in args.callbacks:
