@@ -48,9 +48,9 @@ class FitArgs:
         stateful: whether the model has state or randomness (a Network with init_state); then
             apply is `apply(params, x, *, state, train, key) -> (y, new_state)`.
         model_state: the model state to start from (given or fresh), or None.
-        distributed: fit(distributed=...)'s _fit_distributed.DataParallel, or None.
         loader: with a loader as x, (its first xb on the params' device, the checked batches of
             steps start_step, ...) (see `_loaders.py`); None for tensors.
+        distributed: fit(distributed=...)'s _fit_distributed.DataParallel, or None.
     """
 
     apply: Callable
