@@ -15,7 +15,16 @@ import attrs
 import torch
 from torch import Tensor
 
-from . import _checks, _data_checks, _ensemble_checks, _model_state, _progress, _provenance
+from . import (
+    _checks,
+    _data_checks,
+    _ensemble_checks,
+    _fit_distributed,
+    _loaders,
+    _model_state,
+    _progress,
+    _provenance,
+)
 from ._pytree import PyTree, tree_index
 from .data import steps_per_epoch
 from .losses import get_loss
@@ -50,6 +59,9 @@ class FitArgs:
         stateful: whether the model has state or randomness (a Network with init_state); then
             apply is `apply(params, x, *, state, train, key) -> (y, new_state)`.
         model_state: the model state to start from (given or fresh), or None.
+        loader: with a loader as x, (its first xb on the params' device, the checked batches of
+            steps start_step, ...) (see `_loaders.py`); None for tensors.
+        distributed: fit(distributed=...)'s _fit_distributed.DataParallel, or None.
     """
 
     apply: Callable
@@ -72,6 +84,8 @@ class FitArgs:
     network: Network | None = None  # the model when a Network: fit's result is noted as its
     metrics: tuple = ()  # (name, metric) pairs, evaluated on val beside the loss
     progress: bool = False  # a live tqdm bar instead of the log lines
+    loader: tuple | None = None
+    distributed: Any = None
 
     @property
     def end(self) -> int:
@@ -81,6 +95,11 @@ class FitArgs:
 
 def parse_fit(params: PyTree, x: Tensor, y: Tensor, opt: Any, **options: Any) -> FitArgs:
     """fit's checks, all of them (see fit); `options` are fit's keyword arguments."""
+    if _loaders.is_loader(x, y):  # a DataLoader or re-iterable of (xb, yb) batches
+        return _loaders.parse(parse_fit, params, x, y, opt, **options)
+    if isinstance(x, Tensor):  # a val loader, read whole (see _loaders.val_tensors)
+        options["val"] = _loaders.val_tensors(options["val"], x.device)
+    distributed = options.pop("distributed")
     options["model"] = _model(options["model"], params, "fit")
     model, model_state = _stateless_for_checks(options)
     _checks.not_transformed("fit")
@@ -95,7 +114,11 @@ def parse_fit(params: PyTree, x: Tensor, y: Tensor, opt: Any, **options: Any) ->
         _data_checks.check_opt_state(args.opt_state, expected, x.device)
     _check_outputs(options["model"], args, params, x, y)
     args = attrs.evolve(args, network=model if isinstance(model, Network) else None)
-    return _with_state(args, model, _model_state.resolve(model, model_state, x))
+    args = _with_state(args, model, _model_state.resolve(model, model_state, x))
+    parallel = _fit_distributed.resolve(
+        distributed, loss=args.loss, opt=opt, compile=args.compile, stateful=args.stateful
+    )
+    return attrs.evolve(args, distributed=parallel)
 
 
 def parse_ensemble(

@@ -28,12 +28,16 @@ from .optim.base import (
 Loss = Callable[[Tensor, Tensor], Tensor]
 
 
-def make_step(apply: Callable, loss: Loss, opt: GradientTransformation) -> Callable:
+def make_step(
+    apply: Callable, loss: Loss, opt: GradientTransformation, reduce: Callable | None = None
+) -> Callable:
     """One training step as a pure function, for fit's loop (and for torch.compile or vmap).
 
     Args:
         apply, loss, opt: the model's apply, the loss and the optimizer. An opt that is a
             GradientTransformationExtraArgs is given `value=` and `value_fn=` (see fit).
+        reduce: None, or `reduce(grads, loss, xb) -> (loss, grads)` run between the gradient
+            and the update: data parallel's all-reduce (`_fit_distributed.py`).
     Returns:
         `step(params, state, xb, yb) -> (params, state, loss, finite)`: the params and state after
         one update on the batch (trees of the structures given), the loss before it (0-d), and a
@@ -57,6 +61,8 @@ def make_step(apply: Callable, loss: Loss, opt: GradientTransformation) -> Calla
 
     def step(params, state, xb, yb):
         grads, value = value_and_grad(params, xb, yb)
+        if reduce is not None:
+            value, grads = reduce(grads, value, xb)
         if extra:
             value_fn = lambda p: checked_loss(p, xb, yb)
             updates, state = opt.update(grads, state, params, value=value, value_fn=value_fn)

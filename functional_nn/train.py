@@ -12,11 +12,12 @@ FitArgs of `_fit_args.py`.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import attrs
 from torch import Tensor
 
-from . import _data_checks, _fit_args, _model_state, _provenance
+from . import _data_checks, _fit_args, _loaders, _model_state, _provenance
 from ._fit_args import COMPILE_MODES, DEFAULT_COMPILE_MODES, DEFAULT_STEPS
 from ._loop import CHECK_EVERY, run
 from ._pytree import PyTree, tree_index, tree_stack
@@ -117,6 +118,7 @@ def fit(
     model_state: PyTree | None = None,
     metrics: dict | None = None,
     progress: bool = False,
+    distributed: bool | Any = False,
 ) -> FitResult:
     """Train `params` on `loss(model(params, xb), yb)` with `opt`, full batch or in minibatches.
 
@@ -133,6 +135,18 @@ def fit(
         params: a pytree of finite floating tensors with x's dtype and device, as made by
             `model.init`.
         x: (N, ...) real floating inputs; y: (N, ...) targets. No NaN or inf.
+            Or x a loader and y None: a torch DataLoader, or any re-iterable of (xb, yb) batches
+            (not an iterator), one step per batch; an epoch is one pass, len(x) batches; each
+            batch is checked where it is read (a bad one is an error naming its index) and moved
+            to params' device, non_blocking from pinned memory, one batch ahead. batch_size must
+            be None and shuffle is unused: the loader orders. Before epoch e fit calls
+            set_epoch(e) on the loader's sampler (DistributedSampler's), batch sampler or the
+            loader, where one has it. Resume (start_step=s) goes on in epoch s // len(x),
+            skipping its first s % len(x) batches, which are read but not trained on (their
+            loading is the cost); it is bitwise where the loader's order is a function of a
+            seeded generator and the epoch (e.g. DistributedSampler(ds, 1, 0, seed=...)), not
+            with DataLoader(shuffle=True), whose generator a restarted process has not advanced.
+            See `_loaders.py`.
         opt: a GradientTransformation, e.g. `optim.adam(1e-4)`. Its `init` runs once, on
             `params`, and its `update(grads, state, params)` sees trees of params' structure,
             as in a hand-written loop. An opt that is a GradientTransformationExtraArgs is also
@@ -159,7 +173,9 @@ def fit(
             order and the step counts go on from there, so fit(r.params, ...,
             opt_state=r.opt_state, start_step=r.steps) continues r bitwise, at a cost that does
             not grow with start_step.
-        val: (x_val, y_val) to evaluate the loss on every eval_every steps and after the last.
+        val: (x_val, y_val) to evaluate the loss on every eval_every steps and after the last;
+            or a loader of (xb, yb) batches, read once at the start and concatenated on the
+            device (the same val loss as those tensors).
         callbacks: `callback(step, loss, params) -> bool` called at each evaluation; True stops
             training. A callback's optional on_fit_start() runs before the first step and
             on_fit_end(result) may replace the result (see `callbacks.py`, e.g. EarlyStopping
@@ -183,6 +199,15 @@ def fit(
         progress: True for a live bar (tqdm, an optional extra) with steps/s, ETA, the loss, val
             and metrics, updated where the loop syncs anyway (see `_progress.py`); it replaces
             the log_every lines.
+        distributed: True (the default process group) or a ProcessGroup to train data parallel,
+            run on every rank (torchrun): params and opt_state are broadcast from rank 0; with
+            tensors each rank takes rows r, r + P, ... of every global batch, with a loader its
+            own batches (its DistributedSampler's share); loss and gradients are all-reduced in
+            buckets between gradient and update, weighted for a mean loss, so P processes follow
+            one process's trajectory to rounding; losses are the global loss, and every decision
+            is the same on every rank. The loss must say whether it sums or averages
+            (`distributed.loss_reduction`). Not with compile, a stateful model or an opt taking
+            value_fn. See `_fit_distributed.py`.
     Returns:
         A FitResult: params, opt_state, the (n,) losses of this call, steps, validation history,
         wall time, compile time, why it stopped, and the first non-finite step.
@@ -195,13 +220,16 @@ def fit(
         val_x, val_y = args.val
         score = scoring(args.loss, args.metrics)
         evaluate = lambda p: score(args.apply(p, val_x), val_y)
-    data = batches(x, y, args.batch_size, args.shuffle, args.seed, args.start_step)
+    x, data = _loaders.source(x, y, args)  # x: a loader's first batch, for its device
+    reduce = None
+    if args.distributed is not None:  # data parallel: see _fit_distributed.py
+        params, state, data, reduce = args.distributed.start(params, state, data, not args.loader)
     first_call = []  # the seconds of the compiled step's first call, compilation included
     if args.compile:
         step = compiled_step(args.apply, args.loss, opt, args.compile)
         step = timing_first_call(step, first_call)
     else:
-        step = make_step(args.apply, args.loss, opt)
+        step = make_step(args.apply, args.loss, opt, reduce)
     if args.stateful:  # the model state and keys ride with opt_state (see _model_state.py)
         state, step, evaluate = _stateful_parts(args, opt, state, x, first_call)
     for hook in args.callbacks:

@@ -7,7 +7,7 @@ The PyTorch tutorial's two-layer ReLU network (N, D_in, H, D_out = 64, 1000, 100
 standard-normal x, y and weights), summed squared error, Adam at lr 1e-4, full batch: every step,
 rank r of P computes the loss and gradient of its share of the 64 rows (functional_nn.distributed:
 rows r, r + P, ...) and the shares' gradients are summed in one bucketed all_reduce, so the P
-processes follow the one-process trajectory. `--check` also trains one process on rank 0 and prints
+processes follow the one-process trajectory (fit(..., distributed=True)). `--check` also trains one process on rank 0 and prints
 the relative distance of the final params from it. Without torchrun the script runs one process.
 Backend gloo (CPU). Several machines: see README.md, "Data parallel".
 """
@@ -47,29 +47,15 @@ def problem(dtype: torch.dtype):
 def train(net, params, x, y, steps: int, parallel: bool = True):
     """`steps` Adam steps on the sse of (x, y), data-parallel over the default group (or alone).
 
-    This is the one place to switch to fit once it takes `distributed=`:
-        r = fnn.fit(params, x, y, fnn.adam(lr=LR), model=net, loss=fnn.sse, steps=steps,
-                    distributed=parallel)
-        return r.losses, r.params
+    fit(distributed=True) broadcasts rank 0's params, trains each rank on its share of the rows
+    (r, r + P, ...) and sums the gradients in one bucketed all_reduce a step.
     Returns:
         (steps,) the global loss before each update, and the final params.
     """
-    opt = fnn.adam(lr=LR)
-    rank, world = distributed.rank_and_world() if parallel else (0, 1)
-    if world > 1:
-        params = distributed.broadcast(params)
-    state = opt.init(params)
-    xr, yr = distributed.shard((x, y), rank, world)
-    objective = lambda p: fnn.sse(net.apply(p, xr), yr)
-    losses = []
-    for _ in range(steps):
-        grads, loss = torch.func.grad_and_value(objective)(params)
-        if world > 1:
-            loss, grads = distributed.all_reduce_grads(grads, loss, len(xr), N, "sum")
-        losses.append(loss)
-        updates, state = opt.update(grads, state, params)
-        params = fnn.apply_updates(params, updates)
-    return torch.stack(losses), params
+    r = fnn.fit(
+        params, x, y, fnn.adam(lr=LR), model=net, loss=fnn.sse, steps=steps, distributed=parallel
+    )
+    return r.losses, r.params
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -140,13 +140,60 @@ def _worker_fail(rank: int, world: int, out: dict, tmp: str) -> None:
     distributed.all_reduce_grads([one], None, 1, world, "mean", group)
 
 
+def _fit(case, params, **options):
+    """fit on `case`'s data, as the single-process reference and (with distributed=) each rank."""
+    name, n, batch_size, steps = case
+    x, y = _data(name, n)
+    defaults = dict(model=fnn.mlp(SIZES), loss=name, batch_size=batch_size, steps=steps)
+    return fnn.fit(params, x, y, fnn.adam(lr=1e-2), **{**defaults, **options})
+
+
+def _sampled(world: int, rank: int, n: int = 23):
+    """The loader case: rank's share of 23 rows by DistributedSampler, shuffled, in batches of 5."""
+    ds = torch.utils.data.TensorDataset(*_data("mse", n))
+    sampler = torch.utils.data.DistributedSampler(ds, world, rank, shuffle=True, seed=2)
+    return torch.utils.data.DataLoader(ds, batch_size=5, sampler=sampler)
+
+
+def _worker_fit(rank: int, world: int, out: dict, tmp: str) -> None:
+    mine = fnn.mlp(SIZES).init(rank, dtype=torch.float64)  # broadcast must bring rank 0's
+    for key, case in CASES.items():
+        r = _fit(case, mine, distributed=True)
+        out[key] = (r.losses, r.params)
+    r = fnn.fit(mine, _sampled(world, rank), None, fnn.adam(lr=1e-2), model=fnn.mlp(SIZES),
+                loss="mse", epochs=2, distributed=True)  # fmt: skip
+    out["loader"] = (r.losses, r.params)
+    first = _fit(CASES["mse"], mine, steps=4, distributed=True)
+    distributed.save(os.path.join(tmp, "half.pt"), first.params, first.opt_state, steps=first.steps)
+    out["compile"] = _error(lambda: _fit(CASES["sse"], mine, distributed=True, compile=True))
+
+
+def _worker_resume(rank: int, world: int, out: dict, tmp: str) -> None:
+    ckpt = fnn.checkpoint.load(os.path.join(tmp, "half.pt"))
+    steps = CASES["mse"][3] - ckpt.meta["steps"]
+    r = _fit(CASES["mse"], ckpt.params, steps=steps, opt_state=ckpt.opt_state,
+             start_step=ckpt.meta["steps"], distributed=True)  # fmt: skip
+    out["resumed"] = (r.losses, r.params)
+
+
+def _worker_fit_fail(rank: int, world: int, out: dict, tmp: str) -> None:
+    """Rank 1 gives fit NaN params (an error before any collective); the others must not hang."""
+    group = dist.new_group(timeout=datetime.timedelta(seconds=3))
+    params = fnn.mlp(SIZES).init(0, dtype=torch.float64)
+    if rank == 1:
+        params[0]["bias"][0] = float("nan")
+    _fit(CASES["sse"], params, distributed=group)
+
+
 def _worker() -> None:
     """A worker process's entry point (see _launch)."""
     torch.set_num_threads(1)
     dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=LAUNCH_TIMEOUT_S))
     rank, world = distributed.rank_and_world()
     tmp, out = os.environ["FNN_TMP"], {}
-    {"train": _worker_train, "fail": _worker_fail}[os.environ["FNN_MODE"]](rank, world, out, tmp)
+    modes = {"train": _worker_train, "fail": _worker_fail, "fit": _worker_fit}
+    modes.update(resume=_worker_resume, fit_fail=_worker_fit_fail)
+    modes[os.environ["FNN_MODE"]](rank, world, out, tmp)
     torch.save(out, os.path.join(tmp, f"rank{rank}.pt"))
     dist.destroy_process_group()
 
@@ -154,7 +201,7 @@ def _worker() -> None:
 def _error(fn) -> str | None:
     try:
         fn()
-    except (ValueError, RuntimeError, FileNotFoundError) as e:
+    except (ValueError, TypeError, RuntimeError, FileNotFoundError) as e:
         return f"{type(e).__name__}: {e}"
     return None
 
@@ -335,3 +382,76 @@ def test_needs_an_initialised_group():
         pytest.skip("a process group is initialised in this process")
     with pytest.raises(RuntimeError, match="init_process_group"):
         distributed.rank_and_world()
+
+
+@pytest.fixture(scope="module", params=[2, 3], ids=lambda p: f"P{p}")
+def fit_runs(request, tmp_path_factory):
+    """What each of P ranks got from fit(distributed=True), and from resuming its checkpoint in a
+    second launch: (P, one dict per rank)."""
+    tmp = tmp_path_factory.mktemp(f"fit{request.param}")
+    outs = []
+    for mode in ("fit", "resume"):
+        for r, (code, err, _) in enumerate(_launch(request.param, mode, tmp)):
+            assert code == 0, f"rank {r} failed ({mode}):\n{err[-3000:]}"
+        outs.append(
+            [torch.load(tmp / f"rank{r}.pt", weights_only=False) for r in range(request.param)]
+        )
+    return request.param, [{**a, **b} for a, b in zip(*outs)]
+
+
+def _assert_follows(got, want, name):
+    assert_trees_close(got[0], want.losses, 1e-10, f"{name} losses")
+    assert_trees_close(got[1], want.params, 1e-10, f"{name} params")
+
+
+@pytest.mark.parametrize("key", list(CASES))
+def test_fit_distributed_follows_the_single_process_fit(fit_runs, key):
+    _, outs = fit_runs
+    want = _fit(CASES[key], fnn.mlp(SIZES).init(0, dtype=torch.float64))
+    for r, out in enumerate(outs):
+        _assert_follows(out[key], want, f"rank {r}")
+        for a, b in zip(tree_leaves(out[key][1]), tree_leaves(outs[0][key][1])):
+            assert torch.equal(a, b), f"rank {r}'s params differ from rank 0's"
+
+
+def test_fit_distributed_over_a_loader_with_distributed_sampler(fit_runs):
+    world, outs = fit_runs
+    global_batches = []  # batch t of every rank, together: what one process must train on
+    for epoch in range(2):
+        loaders = [_sampled(world, r) for r in range(world)]
+        for loader in loaders:
+            loader.sampler.set_epoch(epoch)
+        for parts in zip(*loaders):
+            global_batches.append(tuple(torch.cat([p[i] for p in parts]) for i in (0, 1)))
+    params = fnn.mlp(SIZES).init(0, dtype=torch.float64)
+    want = fnn.fit(params, global_batches, None, fnn.adam(lr=1e-2), model=fnn.mlp(SIZES),
+                   loss="mse", epochs=1)  # fmt: skip
+    assert len(want.losses) == 2 * len(_sampled(world, 0))
+    for r, out in enumerate(outs):
+        _assert_follows(out["loader"], want, f"rank {r}")
+
+
+def test_fit_distributed_resumes_across_a_relaunch(fit_runs):
+    _, outs = fit_runs
+    for r, out in enumerate(outs):
+        uninterrupted = out["mse"][1]
+        for a, b in zip(tree_leaves(out["resumed"][1]), tree_leaves(uninterrupted)):
+            assert torch.equal(a, b), (
+                f"rank {r}: the resumed run differs from the uninterrupted one"
+            )
+        assert torch.equal(out["resumed"][0], out["mse"][0][4:])
+
+
+def test_fit_distributed_refuses_compile(fit_runs):
+    _, outs = fit_runs
+    for out in outs:
+        assert out["compile"].startswith("ValueError: distributed=True does not support compile")
+
+
+def test_fit_distributed_a_failing_rank_makes_the_others_fail(tmp_path):
+    results = _launch(3, "fit_fail", tmp_path)
+    assert results[1][0] != 0 and "params[0]['bias'] contains 1 NaN" in results[1][1]
+    for r in (0, 2):
+        code, err, _ = results[r]
+        assert code != 0, f"rank {r} exited cleanly although rank 1 failed"
+        assert "functional_nn.distributed: broadcast failed on rank" in err, err[-2000:]
