@@ -21,7 +21,7 @@ from torch import Tensor
 
 from . import _data_checks
 from ._pytree import PyTree, assert_same_structure, tree_leaves, tree_stack
-from ._step import _dims, _finite, _own_code, vmapped_step
+from ._step import _dims, _finite, _own_code
 from .dropout import fold_in, key
 from .networks import Network
 from .optim.base import GradientTransformationExtraArgs, apply_updates
@@ -133,7 +133,19 @@ def vmapped_stateful_step(apply, loss, opt, per_model_lr: bool, per_model_data: 
     Returns:
         `step(params, carried, xb, yb, lrs) -> (params, carried, losses, finite)`.
     """
-    return vmapped_step(apply, loss, opt, per_model_lr, per_model_data, make=make_stateful_step)
+
+    def one(p, c, xb, yb, lr):
+        return make_stateful_step(apply, loss, opt(lr) if per_model_lr else opt)(p, c, xb, yb)
+
+    data_dim = 0 if per_model_data else None
+
+    def step(params, carried, xb, yb, lrs):
+        p_dims, c_dims = _dims(params), _dims(carried)
+        in_dims = (p_dims, c_dims, data_dim, data_dim, 0 if per_model_lr else None)
+        batched = torch.func.vmap(one, in_dims=in_dims, out_dims=(p_dims, c_dims, 0, 0))
+        return batched(params, carried, xb, yb, lrs)
+
+    return step
 
 
 @functools.lru_cache(maxsize=32)

@@ -147,17 +147,16 @@ def _dims(tree: PyTree) -> PyTree:
     return tree_map(lambda leaf: 0 if isinstance(leaf, Tensor) else None, tree)
 
 
-def vmapped_step(apply, loss, opt, per_model_lr: bool, per_model_data: bool, make=None):
-    """make_step (or `make`, e.g. the stateful step) over K models: vmapped over params, state,
-    lrs and (per_model_data) batches; each model's optimizer sees its own params and state trees.
+def vmapped_step(apply, loss, opt, per_model_lr: bool, per_model_data: bool):
+    """make_step over K models: vmapped over params, state, lrs and (per_model_data) batches;
+    each model's optimizer sees its own params and state trees.
 
     Returns:
         `step(params, state, xb, yb, lrs) -> (params, state, losses, finite)`.
     """
-    make = make or make_step
 
     def one(p, s, xb, yb, lr):
-        return make(apply, loss, opt(lr) if per_model_lr else opt)(p, s, xb, yb)
+        return make_step(apply, loss, opt(lr) if per_model_lr else opt)(p, s, xb, yb)
 
     data_dim = 0 if per_model_data else None
 
