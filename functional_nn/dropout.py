@@ -4,12 +4,22 @@ Randomness (DESIGN, "Model state and randomness"): a random layer takes a key, n
 global RNG nor a hidden generator. A key is a 0-d int64 tensor; `key(seed)` makes one and
 `fold_in(key, data)` derives another, so a trainer derives the key of step t as
 `fold_in(key(seed), t)` and passes it in: the same (seed, step) gives bitwise the same mask, on any
-device, whatever ran before. Bits come from a counter-based hash (SplitMix64, Steele et al. 2014,
-"Fast splittable pseudorandom number generators"): element i of a draw is mix(key + (i + 1)
-gamma), computed with plain tensor ops. That is why keys and not a `torch.Generator`: a key is
-data, so the draw is a pure function of it, and it composes with `torch.func.grad`, with `vmap`
-over a batch of keys (one independent mask per model, as fit_ensemble needs) and with
+device, whatever ran before. Bits come from a counter-based hash: element i of a draw is
+mix(gamma (key XOR i)), the (key XOR i)-th output of SplitMix64 seeded with 0 (Steele et al.
+2014, "Fast splittable pseudorandom number generators"; its n-th output is mix(n gamma)), so one
+draw reads distinct words of one stream. It is computed with plain int64 tensor ops (products wrap
+mod 2^64). That is why keys and not a `torch.Generator`: a
+key is data, so the draw is a pure function of it, and it composes with `torch.func.grad`, with
+`vmap` over a batch of keys (one independent mask per model, as fit_ensemble needs) and with
 `torch.compile`; a generator is a mutable object that vmap cannot batch.
+
+Every input (seed, key, counter) meets an xor or a shift before any wrapping product. inductor
+folds an add or multiply of an index (arange) or a constant into its index arithmetic, which does
+not wrap: `arange(n) * gamma` compiled to wrong bits and a corrupted heap at sizes that are not a
+multiple of the vector width (torch 2.13 and 2.14), and to an OverflowError for a constant key.
+tests/test_norm_dropout.py checks the compiled bits against the eager ones at odd sizes, static
+and dynamic, for input, constant, folded and vmapped keys, and the eager ones against SplitMix64
+in Python ints.
 """
 
 from __future__ import annotations
@@ -37,24 +47,24 @@ def _mix(z: Tensor) -> Tensor:
 
 
 def key(seed: int, device=None) -> Tensor:
-    """A random key from an int seed: a 0-d int64 tensor."""
+    """A random key from an int seed: a 0-d int64 tensor, mix(seed XOR gamma)."""
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"key: seed must be an int, got {type(seed).__name__}: {seed!r}.")
-    word = seed % (1 << 64)  # any int, as the 64-bit word it is congruent to
-    word -= (word >= 1 << 63) << 64  # ... stored as a two's-complement int64
-    return _mix(torch.tensor(word, dtype=torch.long, device=device) + _GAMMA)
+    if not -(1 << 63) <= seed < 1 << 63:  # any int, as the int64 it is congruent to mod 2^64
+        seed = (seed + (1 << 63)) % (1 << 64) - (1 << 63)
+    return _mix(torch.tensor(seed, dtype=torch.long, device=device) ^ _GAMMA)
 
 
 def fold_in(key: Tensor, data: int | Tensor) -> Tensor:
-    """A new key from `key` and an int (e.g. the step), independent of `key`'s own draws."""
+    """A new key from `key` and an int64 (e.g. the step), independent of `key`'s own draws."""
     data = torch.as_tensor(data, dtype=torch.long, device=key.device)
-    return _mix(key ^ _mix(data * _GAMMA + _MUL1))
+    return _mix(key ^ _mix(data ^ _MUL1))
 
 
 def bits(key: Tensor, shape: tuple[int, ...], device=None) -> Tensor:
     """Uniform random integers in [0, 2^53), one per element of `shape`, from `key`."""
-    count = torch.arange(1, 1 + int(torch.Size(shape).numel()), device=device or key.device)
-    return _shr(_mix(key + count * _GAMMA), 64 - _BITS).reshape(shape)
+    count = torch.arange(int(torch.Size(shape).numel()), device=device or key.device)
+    return _shr(_mix((key ^ count) * _GAMMA), 64 - _BITS).reshape(shape)
 
 
 def dropout_mask(key: Tensor, shape: tuple[int, ...], p: float, device=None) -> Tensor:

@@ -199,6 +199,55 @@ def test_keys_are_ints_mod_2_64_and_fold_in_separates_steps():
     assert steps.unique().numel() == 1000
 
 
+def _splitmix64_reference(seed, step, n):
+    """key, fold_in and bits in Python ints, from their definitions in dropout.py's docstring."""
+    m, gamma = (1 << 64) - 1, 0x9E3779B97F4A7C15
+
+    def mix(z):
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & m
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & m
+        return z ^ (z >> 31)
+
+    k = mix((seed & m) ^ gamma)
+    k = mix(k ^ mix(step ^ 0xBF58476D1CE4E5B9))
+    return [mix(((k ^ i) * gamma) & m) >> 11 for i in range(n)]
+
+
+@pytest.mark.parametrize("seed, step", [(0, 0), (7, 3), (-1, 12), (2**63 + 5, 2**40)])
+def test_keys_and_bits_are_splitmix64_in_python_ints(seed, step):
+    got = fdrop.bits(fdrop.fold_in(fdrop.key(seed), step), (5, 7))
+    assert got.flatten().tolist() == _splitmix64_reference(seed, step, 35)
+
+
+@pytest.mark.slow
+def test_compiled_bits_equal_eager_at_odd_sizes_for_input_constant_and_batched_keys():
+    # One compiled function per way of making the key, called at sizes that are not a multiple
+    # of any vector width: the first call compiles static shapes, the next dynamic ones.
+    shapes = [(7,), (8, 7), (3, 5, 7), (1001,)]
+    k, keys = fdrop.key(7), torch.stack([fdrop.key(i) for i in range(3)])
+    ways = {
+        "input key": (lambda s: (k, s), lambda kk, s: fdrop.bits(kk, s)),
+        "constant key": (lambda s: (s,), lambda s: fdrop.bits(fdrop.key(7), s)),
+        "folded step": (
+            lambda s: (torch.tensor(5), s),
+            lambda t, s: fdrop.bits(fdrop.fold_in(fdrop.key(3), t), s),
+        ),
+        "vmapped keys": (
+            lambda s: (keys, s),
+            lambda ks, s: torch.func.vmap(lambda kk: fdrop.bits(kk, s))(ks),
+        ),
+        "dropout": (
+            lambda s: (torch.randn(s, dtype=torch.float64), k),
+            lambda x, kk: layers.dropout(x, 0.3, key=kk, train=True),
+        ),
+    }
+    for name, (args, fn) in ways.items():
+        compiled = torch.compile(fn, fullgraph=True)
+        for shape in shapes:
+            inputs = args(shape)
+            assert torch.equal(compiled(*inputs), fn(*inputs)), (name, shape)
+
+
 @pytest.mark.parametrize(
     "call, error, message",
     [
