@@ -12,8 +12,9 @@ networks.py): its buffers are the model state, `apply(params, x, *, state, train
 (y, new_state)` runs `torch.func.functional_call` on clones of the state's tensors (so the
 module's in-place updates, e.g. BatchNorm's running statistics in train mode, land on tensors that
 only the new state holds: neither the caller's module nor the state passed in ever changes), and
-train/eval is that argument: apply runs a private copy of the module set to that mode, so the
-module's own `.training` flag is neither read nor changed.
+train/eval is that argument: apply runs a private copy of the module set to that mode (one per
+mode, with meta tensors in place of its parameters and buffers, so they cost no tensor memory),
+so the module's own `.training` flag is neither read nor changed.
 """
 
 from __future__ import annotations
@@ -77,7 +78,8 @@ def from_module(module: nn.Module) -> tuple[Network, dict[str, Tensor]]:
         apply = lambda params, x: torch.func.functional_call(module, params, (x,))
         net = Network(init=init, apply=apply, check=check, name=name)
         return net, _provenance.record(params, net)
-    modes = {mode: copy.deepcopy(module).train(mode) for mode in (True, False)}
+    skeleton = _skeleton(module)
+    modes = {mode: copy.deepcopy(skeleton).train(mode) for mode in (True, False)}
 
     def init_state(*, dtype: torch.dtype | None = None, device: Any = None):
         return {name: _like(b, dtype, device) for name, b in buffers.items()}
@@ -94,6 +96,16 @@ def from_module(module: nn.Module) -> tuple[Network, dict[str, Tensor]]:
 
 # torch.nn's modules that draw random numbers in training.
 _RANDOM = (nn.modules.dropout._DropoutNd, nn.RReLU)
+
+
+def _skeleton(module: nn.Module) -> nn.Module:
+    """A deep copy of module whose parameters and buffers are meta tensors (shapes, no data):
+    apply hands functional_call every one of them, so the copies it runs hold no tensor memory."""
+    memo: dict[int, Any] = {}
+    for t in [*module.parameters(), *module.buffers()]:
+        meta = t.detach().to("meta")
+        memo[id(t)] = nn.Parameter(meta, t.requires_grad) if isinstance(t, nn.Parameter) else meta
+    return copy.deepcopy(module, memo)
 
 
 def _like(buffer: Tensor, dtype: torch.dtype | None, device: Any) -> Tensor:

@@ -110,6 +110,43 @@ def test_from_module_copies_params_and_buffers(device):
     assert torch.equal(_eval(net, params, x), expected)
 
 
+def _tensor_bytes_held(root, besides):
+    """Bytes of the non-meta tensors reachable from root through attributes, closures and
+    containers (not through function globals, nor through `besides`): what root keeps alive."""
+    seen, stack, total = {id(besides)}, [root], 0
+    while stack:
+        obj = stack.pop()
+        if id(obj) in seen or isinstance(obj, (type, str, bytes, int, float)):
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, torch.Tensor):
+            total += 0 if obj.is_meta else obj.untyped_storage().nbytes()
+            continue
+        if isinstance(obj, dict):
+            stack.extend(obj.values())
+        elif isinstance(obj, (list, tuple, set)):
+            stack.extend(obj)
+        elif callable(obj) and getattr(obj, "__closure__", None):
+            stack.extend(cell.cell_contents for cell in obj.__closure__)
+        stack.extend(getattr(obj, "__dict__", {}).values())
+        stack.extend(getattr(obj, name) for name in getattr(type(obj), "__slots__", ()))
+    return total
+
+
+def test_a_stateful_network_holds_its_buffers_once_and_no_params():
+    module = nn.Sequential(nn.Linear(256, 512), nn.BatchNorm1d(512), nn.Dropout(0.1)).double()
+    net, params = fnn.from_module(module)
+    buffers = sum(b.untyped_storage().nbytes() for b in module.buffers())
+    param_bytes = sum(p.untyped_storage().nbytes() for p in params.values())
+    assert param_bytes > 100 * buffers  # so a copy of the params would show
+    # init_state's copy of the buffers; the per-mode copies of the module hold meta tensors (init
+    # holds the module itself, to redraw from)
+    assert _tensor_bytes_held(net, besides=module) == buffers
+    x = torch.randn(4, 256, dtype=torch.float64)
+    y, _ = net(params, x, state=net.init_state(), train=False)
+    assert torch.equal(y, module.eval()(x))
+
+
 def test_apply_is_pure_for_a_module_in_training_mode(device):
     """In training mode batch-norm updates running stats in place: on copies, never carried over."""
     module = _build(_with_running_stats, device=device).train()
