@@ -1,4 +1,5 @@
-"""Dropout, and the counter-based random keys it draws from.
+"""Dropout and the other random layers (alpha dropout, rrelu), and the counter-based random keys
+they draw from.
 
 Randomness (DESIGN, "Model state and randomness"): a random layer takes a key, never torch's
 global RNG nor a hidden generator. A key is a 0-d int64 tensor; `key(seed)` makes one and
@@ -73,7 +74,15 @@ def dropout_mask(key: Tensor, shape: tuple[int, ...], p: float, device=None) -> 
     return bits(key, shape, device) < threshold
 
 
-def dropout(x: Tensor, p: float = 0.5, *, key: Tensor, train: bool) -> Tensor:
+def _check(name: str, key: Tensor, **probabilities: float) -> None:
+    for arg, value in probabilities.items():
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"{name}: {arg} must lie in [0, 1], got {value!r}.")
+    if not isinstance(key, Tensor) or key.dtype != torch.long:
+        raise TypeError(f"{name}: key must be an int64 tensor from dropout.key(seed), got {key!r}.")
+
+
+def dropout(x: Tensor, p: float = 0.5, *, key: Tensor, train: bool, noise_shape=None) -> Tensor:
     """Inverted dropout (Srivastava et al. 2014): in training, each element is zeroed with
     probability p and the rest scaled by 1 / (1 - p), so the expectation is x; in eval, x itself.
 
@@ -82,16 +91,53 @@ def dropout(x: Tensor, p: float = 0.5, *, key: Tensor, train: bool) -> Tensor:
         p: the drop probability, in [0, 1]; p = 1 gives zeros, as torch.
         key: a key from `key`/`fold_in`; the same key gives the same mask.
         train: False returns x unchanged.
+        noise_shape: the mask's shape, broadcast against x (default x's): `(N, C, 1, 1)` drops
+            whole channels of an (N, C, H, W) input, as torch's Dropout2d.
     Returns:
         x's shape and dtype.
     """
-    if not 0.0 <= p <= 1.0:
-        raise ValueError(f"dropout: p must lie in [0, 1], got {p!r}.")
-    if not isinstance(key, Tensor) or key.dtype != torch.long:
-        raise TypeError(
-            f"dropout: key must be an int64 tensor from dropout.key(seed), got {key!r}."
-        )
+    _check("dropout", key, p=p)
     if not train or p == 0.0:
         return x
     scale = 0.0 if p == 1.0 else 1.0 / (1.0 - p)
-    return x * dropout_mask(key, x.shape, p, x.device).to(x.dtype) * scale
+    mask = dropout_mask(key, x.shape if noise_shape is None else noise_shape, p, x.device)
+    return x * mask.to(x.dtype) * scale
+
+
+# SELU's scale times its alpha (Klambauer et al. 2017): -_SELU_MIN is SELU's saturation value.
+_SELU_MIN = 1.7580993408473766
+
+
+def alpha_dropout(
+    x: Tensor, p: float = 0.5, *, key: Tensor, train: bool, noise_shape=None
+) -> Tensor:
+    """Alpha dropout (Klambauer et al. 2017, "Self-normalizing neural networks"), as torch's:
+    in training, dropped elements become SELU's saturation value and an affine map restores a
+    standard input's mean and variance: with q = 1 - p, a = ((alpha^2 p + 1) q)^-1/2 and
+    kept = the mask, the output is x a kept + alpha a (kept - 1 + p); p = 1 gives zeros.
+    Arguments as `dropout`."""
+    _check("alpha_dropout", key, p=p)
+    if not train or p == 0.0:
+        return x
+    if p == 1.0:
+        return x * 0.0
+    mask = dropout_mask(key, x.shape if noise_shape is None else noise_shape, p, x.device)
+    kept = mask.to(x.dtype)
+    a = 1.0 / ((_SELU_MIN**2 * p + 1.0) * (1.0 - p)) ** 0.5
+    return x * (kept * a) + ((kept - 1.0) * (_SELU_MIN * a) + _SELU_MIN * a * p)
+
+
+def rrelu(
+    x: Tensor, lower: float = 1.0 / 8.0, upper: float = 1.0 / 3.0, *, key: Tensor, train: bool
+) -> Tensor:
+    """Randomized leaky ReLU (Xu et al. 2015), as torch's: x where x > 0, else a x, with a drawn
+    uniformly from [lower, upper) per element in training and (lower + upper) / 2 in eval. At
+    x = 0 the gradient is a, torch's choice at the tie."""
+    _check("rrelu", key, lower=lower, upper=upper)
+    if lower > upper:
+        raise ValueError(f"rrelu: lower must be <= upper, got {lower!r} > {upper!r}.")
+    if not train:
+        return torch.where(x > 0, x, x * ((lower + upper) / 2.0))
+    uniform = bits(key, x.shape, x.device).to(torch.float64) * 2.0**-_BITS
+    slope = (lower + (upper - lower) * uniform).to(x.dtype)
+    return torch.where(x > 0, x, x * slope)

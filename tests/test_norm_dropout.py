@@ -267,6 +267,24 @@ def test_compiled_bits_equal_eager_at_odd_sizes_for_input_constant_and_batched_k
             lambda: fdrop.key(1.0), TypeError, "seed must be an int, got float", id="seed"
         ),
         pytest.param(
+            lambda: fdrop.alpha_dropout(torch.ones(2), -0.1, key=fdrop.key(0), train=True),
+            ValueError,
+            r"alpha_dropout: p must lie in \[0, 1\], got -0.1",
+            id="alpha-p",
+        ),
+        pytest.param(
+            lambda: fdrop.rrelu(torch.ones(2), 0.5, 0.25, key=fdrop.key(0), train=True),
+            ValueError,
+            "rrelu: lower must be <= upper, got 0.5 > 0.25",
+            id="rrelu-bounds",
+        ),
+        pytest.param(
+            lambda: fdrop.rrelu(torch.ones(2), key=0, train=False),
+            TypeError,
+            "rrelu: key must be an int64 tensor",
+            id="rrelu-key",
+        ),
+        pytest.param(
             lambda: norm.batch_norm({}, None, torch.ones(1, 3), train=True),
             ValueError,
             "more than 1 value per channel",
