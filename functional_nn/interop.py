@@ -7,8 +7,8 @@
   `nn.Sequential(nn.Linear, activation, nn.Linear, ...)`, and back.
 
 Buffers (batch-norm running statistics, ...) are not params: nothing differentiates or optimizes
-them. A module with buffers or with random submodules (dropout) becomes a stateful Network (see
-networks.py): its buffers are the model state, `apply(params, x, *, state, train, key) ->
+them. A module with buffers or with torch.nn's random layers (dropout) becomes a stateful Network
+(see networks.py): its buffers are the model state, `apply(params, x, *, state, train, key) ->
 (y, new_state)` runs `torch.func.functional_call` on clones of the state's tensors (so the
 module's in-place updates, e.g. BatchNorm's running statistics in train mode, land on tensors that
 only the new state holds: neither the caller's module nor the state passed in ever changes), and
@@ -19,15 +19,16 @@ so the module's own `.training` flag is neither read nor changed.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import re
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from . import _provenance
+from . import dropout as _dropout
 from .init import as_generator
 from .networks import Network, _meta_apply, eval_view
 
@@ -38,13 +39,14 @@ def from_module(module: nn.Module) -> tuple[Network, dict[str, Tensor]]:
     Without buffers or random submodules, `apply(params, x)` is
     `torch.func.functional_call(module, params, (x,))`: the module's code with these params. With
     them, the network is stateful (see the module docstring): `init_state(dtype=, device=)`
-    gives copies of the buffers (floating ones in dtype), and in `apply(params, x, *, state,
-    train, key)` torch's random ops draw from an RNG scoped to the call (`torch.random.fork_rng`)
-    and seeded from `key`, so the same key gives the same dropout mask and torch's global RNG is
-    left as it was. That works eagerly (fit). The seed is read from the key with a host sync,
-    which vmap and torch.compile cannot do: there (fit_ensemble, fit(compile=...)) no fork
-    happens, so a random op raises under vmap (its randomness="error") and draws from torch's
-    own RNG when compiled; use `blocks.dropout`, whose keyed masks work everywhere.
+    gives copies of the buffers (floating ones in dtype), and `apply(params, x, *, state, train,
+    key)` runs it in that mode. Its random layers draw from `key`, never from torch's RNG: in the
+    private copies apply runs, torch.nn's Dropout, Dropout1d/2d/3d, AlphaDropout,
+    FeatureAlphaDropout and RReLU are stand-ins computing the same function with a mask from
+    `dropout`'s keyed functions (the i-th of them from fold_in(key, i)), so they vmap to one draw
+    per model (fit_ensemble), compile, and give the same draw on any device. Any other of torch's
+    random ops (torch.randn in a forward, attention or rnn dropout > 0) cannot be keyed: `check`
+    (which fit runs before any work) finds it in a training-mode run on meta tensors and raises.
     `init(seed)` draws fresh params by calling each submodule's `reset_parameters()` on a CPU
     copy, in the module's dtype, with torch's CPU generator seeded from `seed`: seed s gives what
     building the module after `torch.manual_seed(s)` gives.
@@ -60,7 +62,7 @@ def from_module(module: nn.Module) -> tuple[Network, dict[str, Tensor]]:
     params = {name: p.detach().clone() for name, p in module.named_parameters()}
     buffers = {name: b.detach().clone() for name, b in module.named_buffers()}
     shapes = {name: tuple(p.shape) for name, p in params.items()}
-    random = any(isinstance(m, _RANDOM) for m in module.modules())
+    random = any(_keyable(m) for m in module.modules())
 
     def init(seed_or_generator, *, dtype: torch.dtype | None = None, device: Any = None):
         drawn = _reset_copy(module, seed_or_generator).named_parameters()
@@ -70,6 +72,8 @@ def from_module(module: nn.Module) -> tuple[Network, dict[str, Tensor]]:
         _check_params(params, shapes, type(module).__name__)
         try:
             _meta_apply(eval_view(net).apply, params, x)
+            with _RefuseTorchRandom():
+                _meta_apply(_in_training(net), params, x)
         except ValueError as error:
             raise ValueError(f"{type(module).__name__}: {error}") from None
 
@@ -78,7 +82,7 @@ def from_module(module: nn.Module) -> tuple[Network, dict[str, Tensor]]:
         apply = lambda params, x: torch.func.functional_call(module, params, (x,))
         net = Network(init=init, apply=apply, check=check, name=name)
         return net, _provenance.record(params, net)
-    skeleton = _skeleton(module)
+    skeleton, keyed = _skeleton(module)
     modes = {mode: copy.deepcopy(skeleton).train(mode) for mode in (True, False)}
 
     def init_state(*, dtype: torch.dtype | None = None, device: Any = None):
@@ -86,49 +90,142 @@ def from_module(module: nn.Module) -> tuple[Network, dict[str, Tensor]]:
 
     def apply(params, x, *, state, train: bool, key=None):
         fresh = {name: t.clone() for name, t in state.items()}  # the module updates these in place
-        with _scoped_rng(key, x.device):
-            y = torch.func.functional_call(modes[bool(train)], (params, fresh), (x,))
+        keys = {}
+        if train and keyed:
+            if key is None:
+                raise ValueError(
+                    f"{type(module).__name__} has random layers: in training it needs a key: "
+                    "pass key=dropout.key(seed) (fit passes one per step), or train=False."
+                )
+            keys = {_join(path, "key"): _dropout.fold_in(key, i) for i, path in enumerate(keyed)}
+        y = torch.func.functional_call(modes[bool(train)], (params, fresh, keys), (x,))
         return y, fresh
 
     net = Network(init=init, apply=apply, check=check, name=name, init_state=init_state)
     return net, _provenance.record(params, net)
 
 
-# torch.nn's modules that draw random numbers in training.
-_RANDOM = (nn.modules.dropout._DropoutNd, nn.RReLU)
+# torch.nn's modules that draw random numbers in training, each run keyed by _Keyed (unless a
+# subclass overrides forward: its own code then runs, and check refuses its random ops).
+_RANDOM = (
+    nn.Dropout,
+    nn.Dropout1d,
+    nn.Dropout2d,
+    nn.Dropout3d,
+    nn.AlphaDropout,
+    nn.FeatureAlphaDropout,
+    nn.RReLU,
+)
 
 
-def _skeleton(module: nn.Module) -> nn.Module:
+class _Keyed(nn.Module):
+    """A torch.nn random module's stand-in in from_module's private copies: the same computation,
+    drawn from the `key` buffer that apply hands functional_call (fold_in(step key, i) for the
+    i-th random module), so it is pure, vmaps to one draw per model and compiles."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.original = module
+        self.register_buffer("key", torch.zeros((), dtype=torch.long, device="meta"), False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        m = self.original
+        if not self.training:
+            return m(x)  # torch's own eval (the identity, or rrelu's mean slope)
+        if isinstance(m, nn.RReLU):
+            return _dropout.rrelu(x, m.lower, m.upper, key=self.key, train=True)
+        alpha = isinstance(m, (nn.AlphaDropout, nn.FeatureAlphaDropout))
+        draw = _dropout.alpha_dropout if alpha else _dropout.dropout
+        return draw(x, m.p, key=self.key, train=True, noise_shape=_noise_shape(m, x))
+
+
+def _noise_shape(m: nn.Module, x: Tensor) -> tuple[int, ...]:
+    """The shape of torch's mask for m: x's for Dropout and AlphaDropout; one draw per (sample,
+    channel), the first two dims, for the feature dropouts (per channel for Dropout1d's 2-d and
+    Dropout3d's 4-d unbatched inputs), as ATen's feature noise."""
+    if isinstance(m, (nn.Dropout, nn.AlphaDropout)):
+        return tuple(x.shape)
+    if isinstance(m, nn.Dropout1d) and x.dim() not in (2, 3):
+        raise RuntimeError(f"dropout1d: Expected 2D or 3D input, but received a {x.dim()}D input.")
+    unbatched = (isinstance(m, nn.Dropout1d) and x.dim() == 2) or (
+        isinstance(m, nn.Dropout3d) and x.dim() == 4
+    )
+    lead = 1 if unbatched else 2
+    return tuple(x.shape[:lead]) + (1,) * (x.dim() - lead)
+
+
+def _keyable(m: nn.Module) -> bool:
+    """m is one of _RANDOM running torch.nn's own forward."""
+    return any(isinstance(m, cls) and type(m).forward is cls.forward for cls in _RANDOM)
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def _skeleton(module: nn.Module) -> tuple[nn.Module, list[str]]:
     """A deep copy of module whose parameters and buffers are meta tensors (shapes, no data):
-    apply hands functional_call every one of them, so the copies it runs hold no tensor memory."""
+    apply hands functional_call every one of them, so the copies it runs hold no tensor memory.
+    torch.nn's random modules in it become _Keyed stand-ins; returns their paths too."""
     memo: dict[int, Any] = {}
     for t in [*module.parameters(), *module.buffers()]:
         meta = t.detach().to("meta")
         memo[id(t)] = nn.Parameter(meta, t.requires_grad) if isinstance(t, nn.Parameter) else meta
-    return copy.deepcopy(module, memo)
+    skeleton = copy.deepcopy(module, memo)
+    if _keyable(skeleton):  # the module itself is one
+        return _Keyed(skeleton), [""]
+    keyed = [path for path, m in skeleton.named_modules() if _keyable(m)]
+    for path in keyed:
+        parent, _, child = path.rpartition(".")
+        skeleton.get_submodule(parent)._modules[child] = _Keyed(skeleton.get_submodule(path))
+    return skeleton, keyed
+
+
+def _in_training(net: Network):
+    """net's apply as a plain function in training mode, with its fresh state and a key."""
+    if not net.stateful:
+        return net.apply
+
+    def apply(params, x):
+        state = net.init_state(dtype=x.dtype, device=x.device)
+        key = _dropout.key(0, device=x.device)
+        return net.apply(params, x, state=state, train=True, key=key)[0]
+
+    return apply
+
+
+class _RefuseTorchRandom(TorchDispatchMode):
+    """Raises at the first of torch's random ops (aten's nondeterministic_seeded tag) that draws:
+    nothing can key it, so in fit it would read torch's global RNG. An op that draws only for a
+    dropout probability (attention, rnn, dropout) counts when that is > 0 in training."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if torch.Tag.nondeterministic_seeded in func.tags and _draws(func, args, kwargs):
+            raise ValueError(
+                f"it calls torch's random op {func.overloadpacket.__name__} in training, which "
+                "fit cannot key (it would draw from torch's global RNG): set that dropout to 0, "
+                "or draw with torch.nn's dropout modules or RReLU (from_module runs them keyed) "
+                "or functional_nn.dropout's keyed functions."
+            )
+        return func(*args, **kwargs)
+
+
+def _draws(func, args, kwargs) -> bool:
+    values = {}
+    for i, arg in enumerate(func._schema.arguments):
+        default = arg.default_value if arg.has_default_value() else None
+        values[arg.name] = args[i] if i < len(args) else kwargs.get(arg.name, default)
+    if values.get("train") is False:
+        return False
+    probability = next((values[n] for n in ("dropout_p", "dropout", "p") if n in values), None)
+    return not (isinstance(probability, (int, float)) and probability == 0)
 
 
 def _like(buffer: Tensor, dtype: torch.dtype | None, device: Any) -> Tensor:
     """A copy of a buffer on device, floating ones in dtype (integer counts keep theirs)."""
     dtype = dtype if dtype is not None and buffer.is_floating_point() else buffer.dtype
     return buffer.to(device=device, dtype=dtype, copy=True)
-
-
-@contextlib.contextmanager
-def _scoped_rng(key: Tensor | None, device: torch.device):
-    """torch's RNG forked for the call and seeded from key: eager only (see from_module)."""
-    seed = None
-    if key is not None and not torch.compiler.is_compiling():
-        try:
-            seed = int(key) % (1 << 63)  # manual_seed takes a non-negative int64
-        except RuntimeError:  # a batched key (vmap) has no single value to read
-            seed = None
-    if seed is None:
-        yield
-        return
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)
-        yield
 
 
 def to_module(

@@ -79,3 +79,19 @@ def test_compiled_stateful_ensemble_equals_eager_ensemble():
     counts = compiled.model_state[1]["num_batches_tracked"]
     assert counts.tolist() == [STEPS] * 3
     assert compiled.compile_time > 0.0 and eager.compile_time == 0.0
+
+
+def test_compiled_fit_of_a_from_module_dropout_network_equals_eager():
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        module = torch.nn.Sequential(
+            torch.nn.Linear(5, 7), torch.nn.ReLU(), torch.nn.Dropout(0.3), torch.nn.Linear(7, 3)
+        ).double()
+    net, params = fnn.from_module(module)
+    x, y = _data()
+    kwargs = dict(model=net, steps=STEPS, loss="mse", seed=4)
+    rng = torch.get_rng_state()
+    eager = fnn.fit(params, x, y, optim.sgd(0.1, momentum=0.9), **kwargs)
+    compiled = fnn.fit(params, x, y, optim.sgd(0.1, momentum=0.9), compile=True, **kwargs)
+    assert torch.equal(torch.get_rng_state(), rng)  # the masks are keyed, never torch's RNG
+    _assert_results_close(compiled, eager, 1e-12)

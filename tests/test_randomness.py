@@ -1,5 +1,6 @@
 """Randomness through fit: keys from (seed, step), never torch's global RNG; bitwise repeatable,
-resumable, per model in fit_ensemble; from_module's torch dropout on a key-seeded scoped RNG."""
+resumable, per model in fit_ensemble; from_module's torch.nn random layers keyed, other random
+ops refused."""
 
 from __future__ import annotations
 
@@ -122,7 +123,7 @@ def test_fit_ensemble_draws_per_model_and_k_seeds_draw_as_fit_does():
         assert_trees_close(tree_index(seeds.model_state, k), one.model_state, 1e-9, "state")
 
 
-def test_from_module_dropout_draws_from_the_key_in_a_scoped_rng():
+def test_from_module_dropout_is_the_keyed_dropout_of_its_layer():
     module = _torch_dropout_module()
     net, params = fnn.from_module(module)
     x = torch.randn(6, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
@@ -133,7 +134,133 @@ def test_from_module_dropout_draws_from_the_key_in_a_scoped_rng():
     assert torch.equal(torch.get_rng_state(), before)
     assert torch.equal(a, b) and not torch.equal(a, c)
     assert torch.equal(net(params, x, state={}, train=False)[0], module.eval()(x))
-    # the torch draw it makes: the module in training mode after manual_seed of the key's value
+    # the module's layers by hand, its one random layer (index 0) drawing from fold_in(key, 0)
+    h = torch.relu(module[0](x))
+    h = fnn.layers.dropout(h, 0.5, key=fold_in(fold_in(key(0), 1), 0), train=True)
+    assert torch.equal(a, module[3](h))
+
+
+P = 0.4
+_SELU_MIN = 1.6732632423543772 * 1.0507009873554805  # SELU's alpha * scale (Klambauer et al.)
+_A = ((_SELU_MIN**2 * P + 1) * (1 - P)) ** -0.5  # alpha dropout's affine map a x + b
+
+
+def _dropout_values(x, out):
+    """Each element: True where dropped (0), False where kept (x / (1 - p)); fails otherwise."""
+    dropped = out == 0
+    assert torch.allclose(out[~dropped], x[~dropped] / (1 - P), rtol=1e-15, atol=0)
+    return dropped
+
+
+def _alpha_values(x, out):
+    """Dropped: -alpha a + alpha a p; kept: a x + alpha a p (torch's AlphaDropout)."""
+    shift = _SELU_MIN * _A * P
+    dropped = torch.isclose(out, torch.full_like(out, shift - _SELU_MIN * _A), rtol=1e-14)
+    assert torch.allclose(out[~dropped], _A * x[~dropped] + shift, rtol=1e-14, atol=1e-15)
+    return dropped
+
+
+def _rrelu_values(x, out):
+    """x where x > 0, a x with a in [1/8, 1/3] elsewhere; the slopes are the draw."""
+    assert torch.equal(out[x > 0], x[x > 0])
+    slope = out[x <= 0] / x[x <= 0]
+    assert bool(((slope >= 1 / 8 - 1e-15) & (slope <= 1 / 3 + 1e-15)).all())
+    return torch.where(x > 0, torch.ones_like(x), out / x)
+
+
+# (module, input shape, how each output element relates to x, dims one draw spans)
+RANDOM_MODULES = [
+    pytest.param(nn.Dropout(P), (40, 30), _dropout_values, (), id="Dropout"),
+    pytest.param(nn.Dropout1d(P), (30, 20, 5), _dropout_values, (2,), id="Dropout1d"),
+    pytest.param(nn.Dropout1d(P), (40, 5), _dropout_values, (1,), id="Dropout1d-unbatched"),
+    pytest.param(nn.Dropout2d(P), (30, 20, 3, 2), _dropout_values, (2, 3), id="Dropout2d"),
+    pytest.param(nn.Dropout3d(P), (20, 20, 2, 2, 2), _dropout_values, (2, 3, 4), id="Dropout3d"),
+    pytest.param(nn.Dropout3d(P), (40, 2, 3, 2), _dropout_values, (1, 2, 3), id="Dropout3d-ub"),
+    pytest.param(nn.AlphaDropout(P), (40, 30), _alpha_values, (), id="AlphaDropout"),
+    pytest.param(nn.FeatureAlphaDropout(P), (30, 20, 6), _alpha_values, (2,), id="FeatureAlpha"),
+    pytest.param(nn.RReLU(), (40, 30), _rrelu_values, None, id="RReLU"),
+]
+
+
+@pytest.mark.parametrize("module, shape, values, spans", RANDOM_MODULES)
+def test_from_module_random_modules_draw_keyed_what_torch_draws(module, shape, values, spans):
+    net, params = fnn.from_module(module)
+    g = torch.Generator().manual_seed(2)
+    x = torch.rand(shape, dtype=torch.float64, generator=g) + 0.5
+    x = x * torch.where(torch.rand(shape, generator=g) < 0.5, -1.0, 1.0)  # |x| >= 0.5
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(fold_in(key(0), 1)) % (1 << 63))
-        assert torch.equal(a, module.train()(x))
+        torch.manual_seed(0)
+        theirs = values(x, module.train()(x))
+    before = torch.get_rng_state()
+    ours = values(x, net(params, x, state={}, train=True, key=key(3))[0])
+    assert torch.equal(torch.get_rng_state(), before)
+    assert torch.equal(
+        net(params, x, state={}, train=True, key=key(3))[0],
+        net(params, x, state={}, train=True, key=key(3))[0],
+    )
+    for draw in (theirs, ours):  # both draw both outcomes, one per element or per channel
+        assert len(torch.unique(draw)) > 1
+        if spans:
+            assert torch.equal(draw.amax(spans), draw.amin(spans))
+    if spans is not None:  # the fraction dropped: p, within 5 sd of a Bernoulli mean
+        n = ours.numel() // max(1, torch.Size([shape[d] for d in spans]).numel())
+        assert abs(ours.double().mean().item() - P) < 5 * (P * (1 - P) / n) ** 0.5
+    assert torch.equal(net(params, x, state={}, train=False)[0], module.eval()(x))
+
+
+class _Noisy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.linear(x + 0.1 * torch.randn_like(x))
+
+
+class _Attention(nn.Module):
+    def __init__(self, p):
+        super().__init__()
+        self.attention = nn.MultiheadAttention(4, 2, dropout=p, batch_first=True)
+        self.linear = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.linear(self.attention(x, x, x)[0].mean(1))
+
+
+@pytest.mark.parametrize(
+    "make, x_shape, refused",
+    [
+        pytest.param(_Noisy, (8, 4), "randn_like", id="randn_like"),
+        pytest.param(lambda: _Attention(0.1), (8, 3, 4), "random op", id="attention-dropout"),
+        pytest.param(lambda: _Attention(0.0), (8, 3, 4), None, id="attention-no-dropout"),
+    ],
+)
+def test_fit_refuses_torch_random_ops_that_from_module_cannot_key(make, x_shape, refused):
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        module = make().double()
+    net, params = fnn.from_module(module)
+    x = torch.randn(x_shape, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    y = torch.zeros(8, 2, dtype=torch.float64)
+    kept = {name: p.clone() for name, p in params.items()}
+    rng = torch.get_rng_state()
+    run = lambda: fnn.fit(params, x, y, optim.sgd(0.1), model=net, steps=2, loss="mse")
+    if refused is None:
+        run()
+    else:
+        with pytest.raises(ValueError, match=f"{type(module).__name__}: it calls .*{refused}"):
+            run()
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert_trees_close(params, kept, 0.0, "params")
+
+
+def test_fit_ensemble_draws_from_module_dropout_per_model_as_fit_does():
+    net, params = fnn.from_module(_torch_dropout_module())
+    x, y = _data()
+    opt = optim.adam(1e-2)
+    kwargs = dict(model=net, steps=5, loss="mse")
+    both = fnn.fit_ensemble([params, params], x, y, opt, seed=[3, 5], **kwargs)
+    assert not torch.equal(both.losses[:, 0], both.losses[:, 1])
+    for k, s in enumerate((3, 5)):
+        one = fnn.fit(params, x, y, opt, seed=s, **kwargs)
+        assert_trees_close(both.losses[:, k], one.losses, 1e-9, f"model {k} losses")
