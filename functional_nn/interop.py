@@ -174,11 +174,13 @@ def _skeleton(module: nn.Module) -> tuple[nn.Module, list[str]]:
     skeleton = copy.deepcopy(module, memo)
     if _keyable(skeleton):  # the module itself is one
         return _Keyed(skeleton), [""]
-    keyed = [path for path, m in skeleton.named_modules() if _keyable(m)]
-    for path in keyed:
-        parent, _, child = path.rpartition(".")
-        skeleton.get_submodule(parent)._modules[child] = _Keyed(skeleton.get_submodule(path))
-    return skeleton, keyed
+    stand_ins: dict[int, _Keyed] = {}  # one per module, however many parents share it
+    for parent in list(skeleton.modules()):
+        for name, child in parent._modules.items():
+            if child is not None and _keyable(child):
+                parent._modules[name] = stand_ins.setdefault(id(child), _Keyed(child))
+    # a random layer that forward calls twice draws the same mask twice (torch's would differ)
+    return skeleton, [path for path, m in skeleton.named_modules() if isinstance(m, _Keyed)]
 
 
 def _in_training(net: Network):

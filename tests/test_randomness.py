@@ -264,3 +264,18 @@ def test_fit_ensemble_draws_from_module_dropout_per_model_as_fit_does():
     for k, s in enumerate((3, 5)):
         one = fnn.fit(params, x, y, opt, seed=s, **kwargs)
         assert_trees_close(both.losses[:, k], one.losses, 1e-9, f"model {k} losses")
+
+
+def test_a_dropout_module_used_twice_is_keyed_at_both_uses():
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        shared = nn.Dropout(0.5)
+        module = nn.Sequential(nn.Linear(4, 8), shared, nn.Linear(8, 8), shared).double()
+    net, params = fnn.from_module(module)
+    x = torch.randn(5, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    rng = torch.get_rng_state()
+    got, _ = net(params, x, state={}, train=True, key=key(2))
+    assert torch.equal(torch.get_rng_state(), rng)
+    # one module, one key: fold_in(key, 0) at both uses, so the same mask twice
+    drop = lambda h: fnn.layers.dropout(h, 0.5, key=fold_in(key(2), 0), train=True)
+    assert torch.equal(got, drop(module[2](drop(module[0](x)))))
