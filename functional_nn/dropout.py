@@ -99,9 +99,12 @@ def dropout(x: Tensor, p: float = 0.5, *, key: Tensor, train: bool, noise_shape=
     _check("dropout", key, p=p)
     if not train or p == 0.0:
         return x
-    scale = 0.0 if p == 1.0 else 1.0 / (1.0 - p)
+    if p == 1.0:
+        return x * 0.0  # as torch: zeros, NaN where x is not finite
     mask = dropout_mask(key, x.shape if noise_shape is None else noise_shape, p, x.device)
-    return x * mask.to(x.dtype) * scale
+    # torch's order: the mask divided by 1 - p in x's dtype, then x times it, so that the kept
+    # values are bitwise torch's in float32 too (1 / (1 - p) rounded once differs at 23% of p)
+    return x * (mask.to(x.dtype) / (1.0 - p))
 
 
 # SELU's scale times its alpha (Klambauer et al. 2017): -_SELU_MIN is SELU's saturation value.

@@ -159,6 +159,18 @@ def test_dropout_three_ways_given_its_mask(p, device):
         assert torch.equal(layers.dropout(xt, p, key=key, train=True), ref)
 
 
+@pytest.mark.parametrize("p", [0.021, 0.3, 0.625, 0.9])
+def test_dropout_keeps_torchs_values_bitwise_in_float32(p):
+    # 0.021: one of the probabilities where 1 / (1 - p) rounded to float32 once is not torch's
+    x = torch.randn(200, 50, generator=torch.Generator().manual_seed(3))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        theirs = F.dropout(x, p, training=True)
+    ours = layers.dropout(x, p, key=fdrop.key(1), train=True)
+    both = (theirs != 0) & (ours != 0)
+    assert both.sum() > 100 and torch.equal(ours[both], theirs[both])
+
+
 def test_dropout_is_a_function_of_its_key():
     x = torch.ones(1000, 100, dtype=torch.float64)
     k = fdrop.key(3)
