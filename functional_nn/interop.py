@@ -19,6 +19,7 @@ so the module's own `.training` flag is neither read nor changed.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import re
 from typing import Any
@@ -33,7 +34,7 @@ from .init import as_generator
 from .networks import Network, _meta_apply, eval_view
 
 
-def from_module(module: nn.Module) -> tuple[Network, dict[str, Tensor]]:
+def from_module(module: nn.Module, *, fork_rng: bool = False) -> tuple[Network, dict[str, Tensor]]:
     """A Network that runs `module` functionally, and a copy of its params.
 
     Without buffers or random submodules, `apply(params, x)` is
@@ -46,13 +47,19 @@ def from_module(module: nn.Module) -> tuple[Network, dict[str, Tensor]]:
     `dropout`'s keyed functions (the i-th of them from fold_in(key, i)), so they vmap to one draw
     per model (fit_ensemble), compile, and give the same draw on any device. Any other of torch's
     random ops (torch.randn in a forward, attention or rnn dropout > 0) cannot be keyed: `check`
-    (which fit runs before any work) finds it in a training-mode run on meta tensors and raises.
+    (which fit runs before any work) finds it in a training-mode run on meta tensors and raises,
+    unless `fork_rng=True`: then, in training, the module runs under a fork of torch's RNG seeded
+    from `key` (`torch.random.fork_rng`), so the draw is the key's and torch's RNG is put back.
+    Reading the seed is a host sync, which compile and vmap cannot do: such a network trains in
+    fit without compile only (not fit_ensemble), and says so when run there.
     `init(seed)` draws fresh params by calling each submodule's `reset_parameters()` on a CPU
     copy, in the module's dtype, with torch's CPU generator seeded from `seed`: seed s gives what
     building the module after `torch.manual_seed(s)` gives.
 
     Args:
         module: any `torch.nn.Module`; left unchanged.
+        fork_rng: run torch's random ops that are not keyed under a key-seeded fork of torch's
+            RNG (eager only), instead of refusing them.
     Returns:
         (Network, params): params is `{name: tensor}` for each of `module.named_parameters()`,
         detached copies.
@@ -62,7 +69,7 @@ def from_module(module: nn.Module) -> tuple[Network, dict[str, Tensor]]:
     params = {name: p.detach().clone() for name, p in module.named_parameters()}
     buffers = {name: b.detach().clone() for name, b in module.named_buffers()}
     shapes = {name: tuple(p.shape) for name, p in params.items()}
-    random = any(_keyable(m) for m in module.modules())
+    random = fork_rng or any(_keyable(m) for m in module.modules())
 
     def init(seed_or_generator, *, dtype: torch.dtype | None = None, device: Any = None):
         drawn = _reset_copy(module, seed_or_generator).named_parameters()
@@ -72,7 +79,7 @@ def from_module(module: nn.Module) -> tuple[Network, dict[str, Tensor]]:
         _check_params(params, shapes, type(module).__name__)
         try:
             _meta_apply(eval_view(net).apply, params, x)
-            with _RefuseTorchRandom():
+            with contextlib.nullcontext() if fork_rng else _RefuseTorchRandom():
                 _meta_apply(_in_training(net), params, x)
         except ValueError as error:
             raise ValueError(f"{type(module).__name__}: {error}") from None
@@ -98,7 +105,8 @@ def from_module(module: nn.Module) -> tuple[Network, dict[str, Tensor]]:
                     "pass key=dropout.key(seed) (fit passes one per step), or train=False."
                 )
             keys = {_join(path, "key"): _dropout.fold_in(key, i) for i, path in enumerate(keyed)}
-        y = torch.func.functional_call(modes[bool(train)], (params, fresh, keys), (x,))
+        with _seeded_fork(key if train and fork_rng else None, x.device):
+            y = torch.func.functional_call(modes[bool(train)], (params, fresh, keys), (x,))
         return y, fresh
 
     net = Network(init=init, apply=apply, check=check, name=name, init_state=init_state)
@@ -183,6 +191,26 @@ def _skeleton(module: nn.Module) -> tuple[nn.Module, list[str]]:
     return skeleton, [path for path, m in skeleton.named_modules() if isinstance(m, _Keyed)]
 
 
+@contextlib.contextmanager
+def _seeded_fork(key: Tensor | None, device: torch.device):
+    """torch's RNG forked for the call and seeded from key (from_module's fork_rng=True); a no-op
+    without a key or with a meta one (check's shape runs). Eager only: the seed is read with a
+    host sync."""
+    if key is None or key.is_meta:
+        yield
+        return
+    if torch.compiler.is_compiling() or torch._C._functorch.is_batchedtensor(key):
+        raise ValueError(
+            "from_module(..., fork_rng=True) networks seed torch's RNG from the key with a host "
+            "sync, which torch.compile and vmap cannot do: train with fit(compile=False), not "
+            "fit_ensemble."
+        )
+    seed = int(key) % (1 << 63)  # manual_seed takes a non-negative int64
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        yield
+
+
 def _in_training(net: Network):
     """net's apply as a plain function in training mode, with its fresh state and a key."""
     if not net.stateful:
@@ -207,8 +235,9 @@ class _RefuseTorchRandom(TorchDispatchMode):
             raise ValueError(
                 f"it calls torch's random op {func.overloadpacket.__name__} in training, which "
                 "fit cannot key (it would draw from torch's global RNG): set that dropout to 0, "
-                "or draw with torch.nn's dropout modules or RReLU (from_module runs them keyed) "
-                "or functional_nn.dropout's keyed functions."
+                "draw with torch.nn's dropout modules or RReLU (from_module runs them keyed) or "
+                "functional_nn.dropout's keyed functions, or pass from_module(module, "
+                "fork_rng=True) to run it under a key-seeded fork of torch's RNG (eager fit only)."
             )
         return func(*args, **kwargs)
 

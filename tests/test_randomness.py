@@ -279,3 +279,19 @@ def test_a_dropout_module_used_twice_is_keyed_at_both_uses():
     # one module, one key: fold_in(key, 0) at both uses, so the same mask twice
     drop = lambda h: fnn.layers.dropout(h, 0.5, key=fold_in(key(2), 0), train=True)
     assert torch.equal(got, drop(module[2](drop(module[0](x)))))
+
+
+def test_fork_rng_runs_unkeyed_random_ops_on_a_key_seeded_fork_in_eager_fit_only():
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        module = _Attention(0.1).double()
+    net, params = fnn.from_module(module, fork_rng=True)
+    x = torch.randn(8, 3, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    y = torch.zeros(8, 2, dtype=torch.float64)
+    run = lambda **kw: fnn.fit(params, x, y, optim.sgd(0.1), model=net, steps=3, **kw)
+    rng = torch.get_rng_state()
+    a, b, c = run(seed=1), run(seed=1), run(seed=2)
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert torch.equal(a.losses, b.losses) and not torch.equal(a.losses, c.losses)
+    with pytest.raises(ValueError, match=r"fork_rng=True\) networks .* torch.compile and vmap"):
+        fnn.fit_ensemble([params, params], x, y, optim.sgd(0.1), model=net, steps=3)
