@@ -74,6 +74,22 @@ def dropout_mask(key: Tensor, shape: tuple[int, ...], p: float, device=None) -> 
     return bits(key, shape, device) < threshold
 
 
+def _noise(x: Tensor, noise_shape, name: str) -> tuple[int, ...]:
+    """The mask's shape: x's, or noise_shape where it broadcasts to exactly x's."""
+    if noise_shape is None:
+        return tuple(x.shape)
+    try:
+        fits = torch.broadcast_shapes(tuple(noise_shape), x.shape) == x.shape
+    except (RuntimeError, TypeError):
+        fits = False
+    if not fits:
+        raise ValueError(
+            f"{name}: noise_shape {tuple(noise_shape)!r} does not broadcast to x's shape "
+            f"{tuple(x.shape)}."
+        )
+    return tuple(noise_shape)
+
+
 def _check(name: str, key: Tensor, **probabilities: float) -> None:
     for arg, value in probabilities.items():
         if not 0.0 <= value <= 1.0:
@@ -101,7 +117,7 @@ def dropout(x: Tensor, p: float = 0.5, *, key: Tensor, train: bool, noise_shape=
         return x
     if p == 1.0:
         return x * 0.0  # as torch: zeros, NaN where x is not finite
-    mask = dropout_mask(key, x.shape if noise_shape is None else noise_shape, p, x.device)
+    mask = dropout_mask(key, _noise(x, noise_shape, "dropout"), p, x.device)
     # torch's order: the mask divided by 1 - p in x's dtype, then x times it, so that the kept
     # values are bitwise torch's in float32 too (1 / (1 - p) rounded once differs at 23% of p)
     return x * (mask.to(x.dtype) / (1.0 - p))
@@ -124,7 +140,7 @@ def alpha_dropout(
         return x
     if p == 1.0:
         return x * 0.0
-    mask = dropout_mask(key, x.shape if noise_shape is None else noise_shape, p, x.device)
+    mask = dropout_mask(key, _noise(x, noise_shape, "alpha_dropout"), p, x.device)
     kept = mask.to(x.dtype)
     a = 1.0 / ((_SELU_MIN**2 * p + 1.0) * (1.0 - p)) ** 0.5
     return x * (kept * a) + ((kept - 1.0) * (_SELU_MIN * a) + _SELU_MIN * a * p)
@@ -136,8 +152,8 @@ def rrelu(
     """Randomized leaky ReLU (Xu et al. 2015), as torch's: x where x > 0, else a x, with a drawn
     uniformly from [lower, upper) per element in training and (lower + upper) / 2 in eval. At
     x = 0 the gradient is a, torch's choice at the tie."""
-    _check("rrelu", key, lower=lower, upper=upper)
-    if lower > upper:
+    _check("rrelu", key)
+    if not lower <= upper:
         raise ValueError(f"rrelu: lower must be <= upper, got {lower!r} > {upper!r}.")
     if not train:
         return torch.where(x > 0, x, x * ((lower + upper) / 2.0))

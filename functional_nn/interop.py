@@ -30,6 +30,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from . import _provenance
 from . import dropout as _dropout
+from ._pytree import tree_map
 from .init import as_generator
 from .networks import Network, _meta_apply, eval_view
 
@@ -69,7 +70,8 @@ def from_module(module: nn.Module, *, fork_rng: bool = False) -> tuple[Network, 
     params = {name: p.detach().clone() for name, p in module.named_parameters()}
     buffers = {name: b.detach().clone() for name, b in module.named_buffers()}
     shapes = {name: tuple(p.shape) for name, p in params.items()}
-    random = fork_rng or any(_keyable(m) for m in module.modules())
+    # any torch.nn random layer (keyable or a subclass with its own forward) makes it stateful
+    random = fork_rng or any(isinstance(m, _RANDOM) for m in module.modules())
 
     def init(seed_or_generator, *, dtype: torch.dtype | None = None, device: Any = None):
         drawn = _reset_copy(module, seed_or_generator).named_parameters()
@@ -79,8 +81,8 @@ def from_module(module: nn.Module, *, fork_rng: bool = False) -> tuple[Network, 
         _check_params(params, shapes, type(module).__name__)
         try:
             _meta_apply(eval_view(net).apply, params, x)
-            with contextlib.nullcontext() if fork_rng else _RefuseTorchRandom():
-                _meta_apply(_in_training(net), params, x)
+            if not fork_rng:
+                _refuse_unkeyed_random(_in_training(net), params, x)
         except ValueError as error:
             raise ValueError(f"{type(module).__name__}: {error}") from None
 
@@ -105,6 +107,8 @@ def from_module(module: nn.Module, *, fork_rng: bool = False) -> tuple[Network, 
                     "pass key=dropout.key(seed) (fit passes one per step), or train=False."
                 )
             keys = {_join(path, "key"): _dropout.fold_in(key, i) for i, path in enumerate(keyed)}
+            for path in keyed:
+                modes[True].get_submodule(path).calls = 0
         with _seeded_fork(key if train and fork_rng else None, x.device):
             y = torch.func.functional_call(modes[bool(train)], (params, fresh, keys), (x,))
         return y, fresh
@@ -126,38 +130,51 @@ _RANDOM = (
 )
 
 
-class _Keyed(nn.Module):
-    """A torch.nn random module's stand-in in from_module's private copies: the same computation,
+class _Keyed:
+    """Mixed into a private copy of a torch.nn random module (its class becomes a subclass of
+    this and its own class, so its attributes, isinstance and hooks stay): the same computation,
     drawn from the `key` buffer that apply hands functional_call (fold_in(step key, i) for the
-    i-th random module), so it is pure, vmaps to one draw per model and compiles."""
-
-    def __init__(self, module: nn.Module):
-        super().__init__()
-        self.original = module
-        self.register_buffer("key", torch.zeros((), dtype=torch.long, device="meta"), False)
+    i-th random module), so it is pure, vmaps to one draw per model and compiles. A module called
+    n times in one forward draws its n-th call from fold_in(key, n), as torch draws anew."""
 
     def forward(self, x: Tensor) -> Tensor:
-        m = self.original
         if not self.training:
-            return m(x)  # torch's own eval (the identity, or rrelu's mean slope)
-        if isinstance(m, nn.RReLU):
-            return _dropout.rrelu(x, m.lower, m.upper, key=self.key, train=True)
-        alpha = isinstance(m, (nn.AlphaDropout, nn.FeatureAlphaDropout))
+            return super().forward(x)  # torch's own eval (the identity, or rrelu's mean slope)
+        key = self.key if self.calls == 0 else _dropout.fold_in(self.key, self.calls)
+        self.calls += 1  # apply resets it to 0 before each call
+        if isinstance(self, nn.RReLU):
+            return _dropout.rrelu(x, self.lower, self.upper, key=key, train=True)
+        alpha = isinstance(self, (nn.AlphaDropout, nn.FeatureAlphaDropout))
         draw = _dropout.alpha_dropout if alpha else _dropout.dropout
-        return draw(x, m.p, key=self.key, train=True, noise_shape=_noise_shape(m, x))
+        return draw(x, self.p, key=key, train=True, noise_shape=_noise_shape(self, x))
+
+
+_KEYED_CLASSES: dict[type, type] = {}
+
+
+def _make_keyed(m: nn.Module) -> None:
+    """Turns m (a private copy) into its keyed version in place."""
+    cls = type(m)
+    if cls not in _KEYED_CLASSES:
+        _KEYED_CLASSES[cls] = type(f"Keyed{cls.__name__}", (_Keyed, cls), {})
+    m.__class__ = _KEYED_CLASSES[cls]
+    m.register_buffer("key", torch.zeros((), dtype=torch.long, device="meta"), persistent=False)
+    m.calls = 0
 
 
 def _noise_shape(m: nn.Module, x: Tensor) -> tuple[int, ...]:
     """The shape of torch's mask for m: x's for Dropout and AlphaDropout; one draw per (sample,
-    channel), the first two dims, for the feature dropouts (per channel for Dropout1d's 2-d and
-    Dropout3d's 4-d unbatched inputs), as ATen's feature noise."""
+    channel), the first two dims, for the feature dropouts, as ATen's feature noise; torch's
+    Dropout1d (2-d input) and Dropout3d (any but 5-d) add a batch dim first: one per channel."""
     if isinstance(m, (nn.Dropout, nn.AlphaDropout)):
         return tuple(x.shape)
     if isinstance(m, nn.Dropout1d) and x.dim() not in (2, 3):
         raise RuntimeError(f"dropout1d: Expected 2D or 3D input, but received a {x.dim()}D input.")
     unbatched = (isinstance(m, nn.Dropout1d) and x.dim() == 2) or (
-        isinstance(m, nn.Dropout3d) and x.dim() == 4
+        isinstance(m, nn.Dropout3d) and x.dim() != 5
     )
+    if x.dim() < (1 if unbatched else 2):
+        raise RuntimeError("Feature dropout requires at least 2 dimensions in the input")
     lead = 1 if unbatched else 2
     return tuple(x.shape[:lead]) + (1,) * (x.dim() - lead)
 
@@ -174,21 +191,16 @@ def _join(prefix: str, name: str) -> str:
 def _skeleton(module: nn.Module) -> tuple[nn.Module, list[str]]:
     """A deep copy of module whose parameters and buffers are meta tensors (shapes, no data):
     apply hands functional_call every one of them, so the copies it runs hold no tensor memory.
-    torch.nn's random modules in it become _Keyed stand-ins; returns their paths too."""
+    torch.nn's random modules in it become keyed (_Keyed); returns their paths too."""
     memo: dict[int, Any] = {}
     for t in [*module.parameters(), *module.buffers()]:
         meta = t.detach().to("meta")
         memo[id(t)] = nn.Parameter(meta, t.requires_grad) if isinstance(t, nn.Parameter) else meta
     skeleton = copy.deepcopy(module, memo)
-    if _keyable(skeleton):  # the module itself is one
-        return _Keyed(skeleton), [""]
-    stand_ins: dict[int, _Keyed] = {}  # one per module, however many parents share it
-    for parent in list(skeleton.modules()):
-        for name, child in parent._modules.items():
-            if child is not None and _keyable(child):
-                parent._modules[name] = stand_ins.setdefault(id(child), _Keyed(child))
-    # a random layer that forward calls twice draws the same mask twice (torch's would differ)
-    return skeleton, [path for path, m in skeleton.named_modules() if isinstance(m, _Keyed)]
+    keyed = [(path, m) for path, m in skeleton.named_modules() if _keyable(m)]
+    for _, m in keyed:
+        _make_keyed(m)
+    return skeleton, [path for path, _ in keyed]
 
 
 @contextlib.contextmanager
@@ -224,6 +236,24 @@ def _in_training(net: Network):
     return apply
 
 
+class _UnkeyedRandom(ValueError):
+    """A random op that nothing keys (raised by _RefuseTorchRandom)."""
+
+
+def _refuse_unkeyed_random(apply, params, x) -> None:
+    """Runs apply on meta copies under _RefuseTorchRandom: raises _UnkeyedRandom at an unkeyed
+    random op. Any other failure means only that this run could not look (an op without a meta
+    kernel, a training-only .item()): the eval run before it has checked the shapes."""
+    meta = lambda t: t.to("meta") if isinstance(t, Tensor) else t
+    try:
+        with _RefuseTorchRandom():
+            apply(tree_map(meta, params), meta(x))
+    except _UnkeyedRandom:
+        raise
+    except Exception:  # see the docstring
+        return
+
+
 class _RefuseTorchRandom(TorchDispatchMode):
     """Raises at the first of torch's random ops (aten's nondeterministic_seeded tag) that draws:
     nothing can key it, so in fit it would read torch's global RNG. An op that draws only for a
@@ -232,7 +262,7 @@ class _RefuseTorchRandom(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if torch.Tag.nondeterministic_seeded in func.tags and _draws(func, args, kwargs):
-            raise ValueError(
+            raise _UnkeyedRandom(
                 f"it calls torch's random op {func.overloadpacket.__name__} in training, which "
                 "fit cannot key (it would draw from torch's global RNG): set that dropout to 0, "
                 "draw with torch.nn's dropout modules or RReLU (from_module runs them keyed) or "
@@ -247,7 +277,7 @@ def _draws(func, args, kwargs) -> bool:
     for i, arg in enumerate(func._schema.arguments):
         default = arg.default_value if arg.has_default_value() else None
         values[arg.name] = args[i] if i < len(args) else kwargs.get(arg.name, default)
-    if values.get("train") is False:
+    if values.get("train") is False or values.get("training") is False:
         return False
     probability = next((values[n] for n in ("dropout_p", "dropout", "p") if n in values), None)
     return not (isinstance(probability, (int, float)) and probability == 0)

@@ -176,6 +176,7 @@ RANDOM_MODULES = [
     pytest.param(nn.Dropout2d(P), (30, 20, 3, 2), _dropout_values, (2, 3), id="Dropout2d"),
     pytest.param(nn.Dropout3d(P), (20, 20, 2, 2, 2), _dropout_values, (2, 3, 4), id="Dropout3d"),
     pytest.param(nn.Dropout3d(P), (40, 2, 3, 2), _dropout_values, (1, 2, 3), id="Dropout3d-ub"),
+    pytest.param(nn.Dropout3d(P), (60, 3, 2), _dropout_values, (1, 2), id="Dropout3d-3d"),
     pytest.param(nn.AlphaDropout(P), (40, 30), _alpha_values, (), id="AlphaDropout"),
     pytest.param(nn.FeatureAlphaDropout(P), (30, 20, 6), _alpha_values, (2,), id="FeatureAlpha"),
     pytest.param(nn.RReLU(), (40, 30), _rrelu_values, None, id="RReLU"),
@@ -266,7 +267,7 @@ def test_fit_ensemble_draws_from_module_dropout_per_model_as_fit_does():
         assert_trees_close(both.losses[:, k], one.losses, 1e-9, f"model {k} losses")
 
 
-def test_a_dropout_module_used_twice_is_keyed_at_both_uses():
+def test_a_dropout_module_used_twice_draws_anew_at_each_use():
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         shared = nn.Dropout(0.5)
@@ -275,10 +276,18 @@ def test_a_dropout_module_used_twice_is_keyed_at_both_uses():
     x = torch.randn(5, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     rng = torch.get_rng_state()
     got, _ = net(params, x, state={}, train=True, key=key(2))
-    assert torch.equal(torch.get_rng_state(), rng)
-    # one module, one key: fold_in(key, 0) at both uses, so the same mask twice
-    drop = lambda h: fnn.layers.dropout(h, 0.5, key=fold_in(key(2), 0), train=True)
-    assert torch.equal(got, drop(module[2](drop(module[0](x)))))
+    again, _ = net(params, x, state={}, train=True, key=key(2))
+    assert torch.equal(torch.get_rng_state(), rng) and torch.equal(got, again)
+    # one module, key fold_in(key, 0); its n-th call in a forward draws from fold_in(that, n)
+    k = fold_in(key(2), 0)
+    drop = lambda h, kk: fnn.layers.dropout(h, 0.5, key=kk, train=True)
+    assert torch.equal(got, drop(module[2](drop(module[0](x), k)), fold_in(k, 1)))
+    # the module stays itself: its attributes, class and hooks are torch.nn.Dropout's
+    seen = []
+    module[1].register_forward_hook(lambda m, i, o: seen.append(m.p))
+    net, params = fnn.from_module(module)
+    net(params, x, state={}, train=True, key=key(2))
+    assert seen == [0.5, 0.5]
 
 
 def test_fork_rng_runs_unkeyed_random_ops_on_a_key_seeded_fork_in_eager_fit_only():
