@@ -195,7 +195,12 @@ def _worker() -> None:
     modes.update(resume=_worker_resume, fit_fail=_worker_fit_fail)
     modes[os.environ["FNN_MODE"]](rank, world, out, tmp)
     torch.save(out, os.path.join(tmp, f"rank{rank}.pt"))
-    dist.destroy_process_group()
+    dist.barrier()  # every rank is past its last collective
+    # then exit without gloo's teardown, whose threads can abort a rank at exit ("terminate
+    # called without an active exception", seen once in CI on torch 2.13)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _error(fn) -> str | None:
