@@ -7,14 +7,15 @@
   `nn.Sequential(nn.Linear, activation, nn.Linear, ...)`, and back.
 
 Buffers (batch-norm running statistics, ...) are not params: nothing differentiates or optimizes
-them. A module with buffers or with torch.nn's random layers (dropout) becomes a stateful Network
-(see networks.py): its buffers are the model state, `apply(params, x, *, state, train, key) ->
-(y, new_state)` runs `torch.func.functional_call` on clones of the state's tensors (so the
-module's in-place updates, e.g. BatchNorm's running statistics in train mode, land on tensors that
-only the new state holds: neither the caller's module nor the state passed in ever changes), and
-train/eval is that argument: apply runs a private copy of the module set to that mode (one per
-mode, with meta tensors in place of its parameters and buffers, so they cost no tensor memory),
-so the module's own `.training` flag is neither read nor changed.
+them. A module with buffers or with torch.nn's random layers (dropout), or any module given
+`fork_rng=True`, becomes a stateful Network (see networks.py): its buffers are the model state,
+`apply(params, x, *, state, train, key) -> (y, new_state)` runs `torch.func.functional_call` on
+clones of the state's tensors (so the module's in-place updates, e.g. BatchNorm's running
+statistics in train mode, land on tensors that only the new state holds: neither the caller's
+module nor the state passed in ever changes), and train/eval is that argument: apply runs a
+private copy of the module set to that mode (one per mode, with meta tensors in place of its
+parameters and buffers, so they cost no tensor memory), so the module's own `.training` flag is
+neither read nor changed.
 """
 
 from __future__ import annotations
