@@ -9,10 +9,10 @@ device, whatever ran before. Bits come from a counter-based hash: element i of a
 mix(gamma (key XOR i)), the (key XOR i)-th output of SplitMix64 seeded with 0 (Steele et al.
 2014, "Fast splittable pseudorandom number generators"; its n-th output is mix(n gamma)), so one
 draw reads distinct words of one stream. It is computed with plain int64 tensor ops (products wrap
-mod 2^64). That is why keys and not a `torch.Generator`: a
-key is data, so the draw is a pure function of it, and it composes with `torch.func.grad`, with
-`vmap` over a batch of keys (one independent mask per model, as fit_ensemble needs) and with
-`torch.compile`; a generator is a mutable object that vmap cannot batch.
+mod 2^64). That is why keys and not a `torch.Generator`: a key is data, so the draw is a pure
+function of it, and it composes with `torch.func.grad`, with `vmap` over a batch of keys (one
+independent mask per model, as fit_ensemble needs) and with `torch.compile`; a generator is a
+mutable object that vmap cannot batch.
 
 Every input (seed, key, counter) meets an xor or a shift before any wrapping product. inductor
 folds an add or multiply of an index (arange) or a constant into its index arithmetic, which does
@@ -85,15 +85,15 @@ def _noise(x: Tensor, noise_shape, name: str) -> tuple[int, ...]:
     if not fits:
         raise ValueError(
             f"{name}: noise_shape {tuple(noise_shape)!r} does not broadcast to x's shape "
-            f"{tuple(x.shape)}."
+            f"{tuple(x.shape)}: give x's shape with 1 where one draw spans a dim, e.g. "
+            "(N, C, 1, 1) for whole channels."
         )
     return tuple(noise_shape)
 
 
-def _check(name: str, key: Tensor, **probabilities: float) -> None:
-    for arg, value in probabilities.items():
-        if not 0.0 <= value <= 1.0:
-            raise ValueError(f"{name}: {arg} must lie in [0, 1], got {value!r}.")
+def _check(name: str, key: Tensor, p: float | None = None) -> None:
+    if p is not None and not 0.0 <= p <= 1.0:
+        raise ValueError(f"{name}: p must lie in [0, 1], got {p!r}.")
     if not isinstance(key, Tensor) or key.dtype != torch.long:
         raise TypeError(f"{name}: key must be an int64 tensor from dropout.key(seed), got {key!r}.")
 

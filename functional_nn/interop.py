@@ -31,7 +31,6 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from . import _provenance
 from . import dropout as _dropout
-from ._pytree import tree_map
 from .init import as_generator
 from .networks import Network, _meta_apply, eval_view
 
@@ -45,7 +44,7 @@ def from_module(module: nn.Module, *, fork_rng: bool = False) -> tuple[Network, 
     gives copies of the buffers (floating ones in dtype), and `apply(params, x, *, state, train,
     key)` runs it in that mode. Its random layers draw from `key`, never from torch's RNG: in the
     private copies apply runs, torch.nn's Dropout, Dropout1d/2d/3d, AlphaDropout,
-    FeatureAlphaDropout and RReLU are stand-ins computing the same function with a mask from
+    FeatureAlphaDropout and RReLU are made keyed: the same function with a mask from
     `dropout`'s keyed functions (the i-th of them from fold_in(key, i)), so they vmap to one draw
     per model (fit_ensemble), compile, and give the same draw on any device. Any other of torch's
     random ops (torch.randn in a forward, attention or rnn dropout > 0) cannot be keyed: `check`
@@ -245,10 +244,9 @@ def _refuse_unkeyed_random(apply, params, x) -> None:
     """Runs apply on meta copies under _RefuseTorchRandom: raises _UnkeyedRandom at an unkeyed
     random op. Any other failure means only that this run could not look (an op without a meta
     kernel, a training-only .item()): the eval run before it has checked the shapes."""
-    meta = lambda t: t.to("meta") if isinstance(t, Tensor) else t
     try:
         with _RefuseTorchRandom():
-            apply(tree_map(meta, params), meta(x))
+            _meta_apply(apply, params, x)
     except _UnkeyedRandom:
         raise
     except Exception:  # see the docstring

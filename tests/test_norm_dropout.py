@@ -291,6 +291,14 @@ def test_compiled_bits_equal_eager_at_odd_sizes_for_input_constant_and_batched_k
             id="rrelu-bounds",
         ),
         pytest.param(
+            lambda: layers.dropout(
+                torch.ones(2, 3), 0.5, key=fdrop.key(0), train=True, noise_shape=(2, 1, 1)
+            ),
+            ValueError,
+            r"dropout: noise_shape \(2, 1, 1\) does not broadcast to x's shape \(2, 3\)",
+            id="noise-shape",
+        ),
+        pytest.param(
             lambda: fdrop.rrelu(torch.ones(2), key=0, train=False),
             TypeError,
             "rrelu: key must be an int64 tensor",

@@ -304,3 +304,13 @@ def test_fork_rng_runs_unkeyed_random_ops_on_a_key_seeded_fork_in_eager_fit_only
     assert torch.equal(a.losses, b.losses) and not torch.equal(a.losses, c.losses)
     with pytest.raises(ValueError, match=r"fork_rng=True\) networks .* torch.compile and vmap"):
         fnn.fit_ensemble([params, params], x, y, optim.sgd(0.1), model=net, steps=3)
+
+
+def test_a_from_module_random_layer_in_training_wants_a_key_and_torchs_input_rank():
+    net, params = fnn.from_module(_torch_dropout_module())
+    x = torch.ones(3, 4, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"Sequential has random layers: .* pass key=dropout.key"):
+        net(params, x, state={}, train=True)
+    net, params = fnn.from_module(nn.Dropout1d(0.5))
+    with pytest.raises(RuntimeError, match="dropout1d: Expected 2D or 3D input, but received a 4D"):
+        net(params, torch.ones(2, 3, 4, 5), state={}, train=True, key=key(0))
