@@ -10,6 +10,8 @@ import sys
 
 import pytest
 
+import functional_nn as fnn
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 BLOCKS = re.findall(r"^```python\n(.*?)^```$", (ROOT / "README.md").read_text(), re.S | re.M)
 
@@ -37,6 +39,20 @@ def test_a_readme_block_runs_on_its_own(block, tmp_path):
         text=True,
         timeout=600,
     )
+    if "init_process_group" in block and _gloo_teardown_abort(done):
+        # torch's gloo can abort the process at interpreter exit, after destroy_process_group
+        # (seen once in ~300 runs, torch 2.14.1): the block's work must be done and saved by then
+        saved = fnn.checkpoint.load(tmp_path / "run.pt")
+        assert saved.meta["steps"] == 20, saved.meta
+        return
     assert done.returncode == 0, f"README block failed:\n{block}\n{done.stderr}"
     if "log_every=" in block:  # a progress line, so log_every is within the steps the block runs
         assert "steps/s" in done.stderr, done.stderr
+
+
+def _gloo_teardown_abort(done: subprocess.CompletedProcess) -> bool:
+    """Whether the process was aborted by C++'s std::terminate at exit, and by nothing else."""
+    return (
+        done.returncode == -6
+        and done.stderr.strip() == "terminate called without an active exception"
+    )
